@@ -1,0 +1,61 @@
+"""Envelope <-> bytes. The only place where event bytes are made or read."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from schemas.envelope import Envelope, Event, event_class
+
+P = TypeVar("P", bound=Event)
+
+
+class PoisonMessage(Exception):
+    """A record that can never be processed (bad bytes, wrong schema): dead-letter it, never retry."""
+
+
+def encode(envelope: Envelope[Any]) -> bytes:
+    """The wire form of ``envelope``: compact UTF-8 JSON."""
+    return envelope.model_dump_json().encode()
+
+
+def decode(raw: bytes | None, payload_type: type[P]) -> Envelope[P]:
+    """Parse ``raw`` as an envelope of ``payload_type``.
+
+    Raises:
+        PoisonMessage: the bytes are not a valid envelope of that type.
+    """
+    if raw is None:
+        raise PoisonMessage("record has no value (tombstone)")
+    try:
+        envelope = Envelope[payload_type].model_validate_json(raw)  # type: ignore[valid-type]
+    except ValidationError as exc:
+        raise PoisonMessage(_summary(exc)) from exc
+    if envelope.event_type != payload_type.EVENT_TYPE:
+        raise PoisonMessage(f"event_type {envelope.event_type!r} where {payload_type.EVENT_TYPE!r} was expected")
+    return envelope
+
+
+def decode_any(raw: bytes | None) -> Envelope[Event]:
+    """Parse ``raw`` as an envelope of whatever registered type its ``event_type`` names.
+
+    Raises:
+        PoisonMessage: the bytes are not an envelope, or of no known type.
+    """
+    if raw is None:
+        raise PoisonMessage("record has no value (tombstone)")
+    try:
+        head = Envelope[Event].model_validate_json(raw)
+        cls = event_class(head.event_type)
+    except (ValidationError, KeyError) as exc:
+        raise PoisonMessage(_summary(exc) if isinstance(exc, ValidationError) else str(exc)) from exc
+    return decode(raw, cls)  # type: ignore[return-value]
+
+
+def _summary(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:10]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<value>"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
