@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import schemas
 from pydantic import ValidationError
-from schemas import DatasetSpec, FeatureEventV1, FeatureSpec, LabelSpec, OffsetRange
 from schemas.compat import DEFAULT_DIR, breaking_changes, current_schemas
 from schemas.envelope import Envelope, Event, event_class, event_types
 from schemas.topics import CATALOGUE, dlq
+
+import schemas
+from schemas import DatasetSpec, FeatureEventV1, FeatureSpec, LabelSpec, OffsetRange
 
 HERE = Path(__file__).parent
 EVENT_TYPES = sorted(event_types())
@@ -109,7 +110,10 @@ def test_widening_a_type_is_compatible() -> None:
         (_with(properties={"a": {"type": "integer"}}), "a: no longer accepts ['string']"),
         (_with(required=["a", "b"]), "b: became required"),
         (_with(properties={"c": {"type": "string"}}, required=["a", "c"]), "c: new required field"),
-        (_with(properties={"kind": {"enum": ["x"], "type": "string"}}), "kind: no longer accepts ['enum:\"y\"']"),
+        (
+            _with(properties={"kind": {"enum": ["x"], "type": "string"}}),
+            "kind: no longer accepts ['enum:\"y\"']",
+        ),
     ],
 )
 def test_breaking_changes_are_named(new: dict[str, Any], expected: str | None) -> None:
@@ -185,7 +189,7 @@ def test_dataset_spec_consistency() -> None:
     with pytest.raises(ValidationError, match="duplicate feature names: a"):
         DatasetSpec(name="d", features=[FeatureSpec(name="a", type="numeric")] * 2,
                     label=LabelSpec(type="regression"))
-    with pytest.raises(ValidationError, match="min 2.0 is greater than max 1.0"):
+    with pytest.raises(ValidationError, match=r"min 2\.0 is greater than max 1\.0"):
         FeatureSpec(name="a", type="numeric", min=2, max=1)
     with pytest.raises(ValidationError, match="categories apply to categorical"):
         FeatureSpec(name="a", type="numeric", categories=["x"])

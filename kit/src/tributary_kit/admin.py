@@ -7,7 +7,8 @@ import time
 from collections.abc import Iterable
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from schemas.topics import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], *, timeout_s: floa
 
     Raises:
         TopicSetupError: the broker refused a topic or did not answer within ``timeout_s``.
+
     """
     specs = list(specs)
     admin = AdminClient({"bootstrap.servers": bootstrap})

@@ -24,6 +24,7 @@ def decode(raw: bytes | None, payload_type: type[P]) -> Envelope[P]:
 
     Raises:
         PoisonMessage: the bytes are not a valid envelope of that type.
+
     """
     if raw is None:
         raise PoisonMessage("record has no value (tombstone)")
@@ -32,7 +33,9 @@ def decode(raw: bytes | None, payload_type: type[P]) -> Envelope[P]:
     except ValidationError as exc:
         raise PoisonMessage(_summary(exc)) from exc
     if envelope.event_type != payload_type.EVENT_TYPE:
-        raise PoisonMessage(f"event_type {envelope.event_type!r} where {payload_type.EVENT_TYPE!r} was expected")
+        raise PoisonMessage(
+            f"event_type {envelope.event_type!r} where {payload_type.EVENT_TYPE!r} was expected"
+        )
     return envelope
 
 
@@ -41,6 +44,7 @@ def decode_any(raw: bytes | None) -> Envelope[Event]:
 
     Raises:
         PoisonMessage: the bytes are not an envelope, or of no known type.
+
     """
     if raw is None:
         raise PoisonMessage("record has no value (tombstone)")
@@ -49,7 +53,7 @@ def decode_any(raw: bytes | None) -> Envelope[Event]:
         cls = event_class(head.event_type)
     except (ValidationError, KeyError) as exc:
         raise PoisonMessage(_summary(exc) if isinstance(exc, ValidationError) else str(exc)) from exc
-    return decode(raw, cls)  # type: ignore[return-value]
+    return decode(raw, cls)
 
 
 def _summary(exc: ValidationError) -> str:

@@ -85,10 +85,13 @@ class _Batch:
 
     def on_delivery(self, index: int, err: KafkaError | None, msg: Message) -> None:
         # Runs on the poll thread.
-        if err is not None:
-            result = Delivery(msg.topic(), msg.partition() if msg.partition() is not None else -1, -1, err.str())
-        else:
-            result = Delivery(msg.topic(), msg.partition(), msg.offset())
+        topic, partition, offset = msg.topic() or "", msg.partition(), msg.offset()
+        result = Delivery(
+            topic,
+            -1 if partition is None else partition,
+            -1 if offset is None or err is not None else offset,
+            None if err is None else err.str(),
+        )
         with self.lock:
             self.results[index] = result
             self.pending -= 1
@@ -117,6 +120,7 @@ class AsyncProducer:
         config: librdkafka settings; merged over :data:`DURABLE_DEFAULTS`.
         enqueue_timeout_s: how long a send waits for room in a full local queue before it
             raises :class:`ProducerQueueFull`.
+
     """
 
     def __init__(self, config: dict[str, Any], *, enqueue_timeout_s: float = 1.0) -> None:
@@ -143,6 +147,7 @@ class AsyncProducer:
         Raises:
             ProducerQueueFull: the local queue stayed full; ``results`` holds the deliveries
                 of the records that were enqueued before it filled up.
+
         """
         loop = asyncio.get_running_loop()
         batch = _Batch(loop, len(records))
@@ -190,6 +195,7 @@ class AsyncProducer:
 
         Raises:
             KafkaException: the broker did not answer within ``timeout_s``.
+
         """
         return set(self._producer.list_topics(timeout=timeout_s).topics)
 

@@ -82,7 +82,8 @@ class Envelope(BaseModel, Generic[P]):
         traceparent: str | None = None,
     ) -> Envelope[P]:
         """Wrap ``payload`` with its own event type."""
-        return Envelope[type(payload)](  # type: ignore[misc]
+        envelope_type: Any = Envelope[type(payload)]  # type: ignore[misc]
+        wrapped: Envelope[P] = envelope_type(
             event_id=event_id,
             event_type=payload.EVENT_TYPE,
             occurred_at=occurred_at,
@@ -90,6 +91,7 @@ class Envelope(BaseModel, Generic[P]):
             traceparent=traceparent,
             payload=payload,
         )
+        return wrapped
 
 
 def event_types() -> dict[str, type[Event]]:
@@ -102,6 +104,7 @@ def event_class(event_type: str) -> type[Event]:
 
     Raises:
         KeyError: no event of that type exists in this release of the contracts.
+
     """
     try:
         return _REGISTRY[event_type]

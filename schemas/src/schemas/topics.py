@@ -126,6 +126,7 @@ def topic(name: str) -> TopicSpec:
 
     Raises:
         KeyError: the topic is not in the catalogue.
+
     """
     try:
         return CATALOGUE[name]
