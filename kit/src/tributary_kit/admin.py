@@ -23,7 +23,7 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], *, timeout_s: floa
     """Create every topic of ``specs`` that does not exist yet; return the names created.
 
     Existing topics are left as they are (their partitions and configs are not changed).
-    Waits until every topic is visible in the broker's metadata.
+    Waits until every partition of every topic has a leader, so the topics are usable at once.
 
     Raises:
         TopicSetupError: the broker refused a topic or did not answer within ``timeout_s``.
@@ -55,11 +55,17 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], *, timeout_s: floa
     deadline = time.monotonic() + timeout_s
     wanted = {s.name for s in specs}
     while True:
-        visible = set(admin.list_topics(timeout=timeout_s).topics)
-        if wanted <= visible:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        not_ready = sorted(
+            name for name in wanted
+            if name not in topics or topics[name].error is not None
+            or not topics[name].partitions
+            or any(p.leader < 0 or p.error is not None for p in topics[name].partitions.values())
+        )
+        if not not_ready:
             break
         if time.monotonic() > deadline:
-            raise TopicSetupError(f"topics not visible after {timeout_s}s: {sorted(wanted - visible)}")
+            raise TopicSetupError(f"topics without a leader after {timeout_s}s: {not_ready}")
         time.sleep(0.1)
     if created:
         log.info("created topics", extra={"topics": created})

@@ -26,8 +26,12 @@ def dead_letter(
     offset: int | None = None,
     key: str | None = None,
     traceparent: str | None = None,
+    size: int | None = None,
 ) -> Envelope[DeadLetterV1]:
-    """An enveloped dead-letter record for ``payload``, refused for ``reason``."""
+    """An enveloped dead-letter record for ``payload``, refused for ``reason``.
+
+    ``size`` is the full size of the original when ``payload`` is only its beginning.
+    """
     text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
     now = datetime.now(UTC)
     record = DeadLetterV1(
@@ -36,8 +40,8 @@ def dead_letter(
         reason=reason,
         problems=list(problems),
         payload=text[:MAX_PAYLOAD_CHARS],
-        payload_truncated=len(text) > MAX_PAYLOAD_CHARS,
-        payload_size=len(payload),
+        payload_truncated=len(text) > MAX_PAYLOAD_CHARS or (size is not None and size > len(payload)),
+        payload_size=len(payload) if size is None else size,
         partition=partition,
         offset=offset,
         key=key,

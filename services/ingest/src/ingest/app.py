@@ -1,0 +1,99 @@
+"""The ingest application: ``create_app(settings)`` and the lifespan that owns every client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from schemas.ingest import FeatureEventV1, LabelEventV1
+from schemas.topics import CATALOGUE
+from tributary_kit.admin import ensure_topics
+from tributary_kit.telemetry import build_tracer_provider
+
+from ingest import __version__, api
+from ingest.consumer import RawValidator
+from ingest.errors import IngestError
+from ingest.kafka import build_producer, build_raw_consumer
+from ingest.service import IngestService
+from ingest.settings import Settings
+from ingest.specs import SpecCatalogue
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The ingest HTTP app; nothing connects until the lifespan starts."""
+    provider = build_tracer_provider("ingest", __version__, otlp_endpoint=settings.otlp_endpoint)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.create_topics:
+            await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, CATALOGUE.values(),
+                                    timeout_s=settings.startup_timeout_s)
+        producer = build_producer(settings)
+        catalogue = SpecCatalogue(settings.kafka_bootstrap)
+        raw: RawValidator | None = None
+        raw_task: asyncio.Task[None] | None = None
+        try:
+            await asyncio.to_thread(catalogue.load, settings.startup_timeout_s)
+            service = IngestService(specs=catalogue.get, producer=producer,
+                                    tracer=provider.get_tracer("ingest"))
+            app.state.settings = settings
+            app.state.producer = producer
+            app.state.catalogue = catalogue
+            app.state.service = service
+            if settings.consume_raw:
+                raw = RawValidator(build_raw_consumer(settings), service, batch_size=settings.raw_batch_size,
+                                   max_record_bytes=settings.max_event_bytes)
+                raw_task = asyncio.create_task(raw.run(), name="ingest-raw-validator")
+                app.state.raw_validator = raw
+            log.info("ingest ready", extra={"bootstrap": settings.kafka_bootstrap})
+            yield
+        finally:
+            if raw is not None and raw_task is not None:
+                raw.stop()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(raw_task, timeout=10)
+            catalogue.close()
+            await asyncio.to_thread(producer.close, settings.delivery_timeout_s)
+            provider.shutdown()
+
+    app = FastAPI(title="Tributary ingest", version=__version__, lifespan=lifespan,
+                  description="Validates feature and label events against dataset specs and publishes "
+                              "them to Kafka.")
+    app.include_router(api.router)
+    app.add_exception_handler(IngestError, api.on_ingest_error)
+    app.add_exception_handler(RequestValidationError, _on_invalid_request)
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+async def _on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [{"field": ".".join(str(p) for p in e["loc"][1:]), "message": e["msg"]} for e in exc.errors()]
+    message = "; ".join(f"{p['field'] or 'body'}: {p['message']}" for p in problems[:10])
+    return JSONResponse({"error": "invalid_request", "message": message, "problems": problems}, status_code=422)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated OpenAPI, plus the event schemas the hand-read bodies refer to."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = doc.setdefault("components", {}).setdefault("schemas", {})
+    for model in (FeatureEventV1, LabelEventV1):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    app.openapi_schema = doc
+    return doc

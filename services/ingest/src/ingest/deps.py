@@ -1,0 +1,42 @@
+"""Request-scoped access to what the lifespan built."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from tributary_kit.producer import AsyncProducer
+
+from ingest.service import IngestService
+from ingest.settings import Settings
+from ingest.specs import SpecCatalogue
+
+
+def get_service(request: Request) -> IngestService:
+    """The ingest core."""
+    service: IngestService = request.app.state.service
+    return service
+
+
+def get_catalogue(request: Request) -> SpecCatalogue:
+    """The dataset spec catalogue."""
+    catalogue: SpecCatalogue = request.app.state.catalogue
+    return catalogue
+
+
+def get_producer(request: Request) -> AsyncProducer:
+    """The process's Kafka producer."""
+    producer: AsyncProducer = request.app.state.producer
+    return producer
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings the app was built with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+ServiceDep = Annotated[IngestService, Depends(get_service)]
+CatalogueDep = Annotated[SpecCatalogue, Depends(get_catalogue)]
+ProducerDep = Annotated[AsyncProducer, Depends(get_producer)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,203 @@
+"""The ingest core: validate rows, publish the valid ones, dead-letter the rest. No HTTP here.
+
+Both entry points (HTTP requests and the raw Kafka topics) hand their rows to
+:meth:`IngestService.ingest`. Valid events and the dead-letter records of invalid ones go to
+the producer together, and the call returns only once the broker acknowledged every one of
+them, so an answer of "accepted" means "durably in Kafka".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from opentelemetry import trace
+from schemas.deadletter import Problem
+from schemas.envelope import Envelope
+from schemas.topics import FEATURES, LABELS, dlq
+from tributary_kit.codec import encode
+from tributary_kit.deadletter import dead_letter
+from tributary_kit.producer import AsyncProducer, ProducerQueueFull, Record
+from tributary_kit.telemetry import current_traceparent
+
+from ingest import metrics
+from ingest.errors import BrokerUnavailable, Overloaded
+from ingest.validation import DataEvent, Kind, SpecLookup, validate_row
+
+log = logging.getLogger(__name__)
+
+Origin = Literal["http", "kafka"]
+TOPICS: dict[Kind, str] = {"features": FEATURES, "labels": LABELS}
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One input row: its decoded JSON value, or why it could not be decoded.
+
+    ``text`` is the original text, kept for dead letters (None: re-serialise ``value``).
+    ``partition``/``offset``/``key`` say where a raw Kafka record came from.
+    """
+
+    value: Any = None
+    text: str | bytes | None = None
+    error: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+
+    def original(self) -> str | bytes:
+        """The row as it arrived, as closely as it can be reproduced."""
+        if self.text is not None:
+            return self.text
+        try:
+            return json.dumps(self.value)
+        except (TypeError, ValueError):
+            return repr(self.value)
+
+
+@dataclass(slots=True)
+class Accepted:
+    """An event the broker acknowledged."""
+
+    event_id: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What became of a batch: every row is either accepted or has problems (and a dead letter)."""
+
+    total: int
+    accepted: list[Accepted] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    rejected_rows: int = 0
+
+
+class IngestService:
+    """Validates and publishes data events; one instance per process.
+
+    Args:
+        specs: looks up a dataset spec by name.
+        producer: the process's Kafka producer.
+        tracer: tracer for the batch spans; its context travels in every envelope.
+    """
+
+    def __init__(self, *, specs: SpecLookup, producer: AsyncProducer, tracer: trace.Tracer,
+                 source: str = "ingest") -> None:
+        self._specs = specs
+        self._producer = producer
+        self._tracer = tracer
+        self._source = source
+
+    async def ingest(self, kind: Kind, rows: Sequence[Row], *, origin: Origin,
+                     source_topic: str | None = None) -> IngestResult:
+        """Validate ``rows``, publish the valid events and dead-letter the invalid rows.
+
+        Args:
+            kind: features or labels.
+            rows: the decoded input rows, in order.
+            origin: where the rows came from (for dead letters and metrics).
+            source_topic: the raw topic the rows were read from (Kafka origin); invalid rows go
+                to its dead-letter topic. HTTP rows go to ``<validated topic>.dlq``.
+
+        Returns:
+            The acknowledged events and the problems of the refused rows.
+
+        Raises:
+            Overloaded: the producer queue stayed full; ``accepted`` lists what was published.
+            BrokerUnavailable: the broker did not acknowledge some records.
+        """
+        topic = TOPICS[kind]
+        dlq_topic = dlq(source_topic or topic)
+        result = IngestResult(total=len(rows))
+        with self._tracer.start_as_current_span(
+            "ingest.batch", attributes={"ingest.kind": kind, "ingest.origin": origin, "ingest.rows": len(rows)}
+        ):
+            traceparent = current_traceparent()
+            now = datetime.now(UTC)
+            records: list[Record] = []
+            event_ids: list[str | None] = []  # per record: the event id, None for dead letters
+            for index, row in enumerate(rows):
+                outcome: DataEvent | list[Problem]
+                if row.error is not None:
+                    outcome = [Problem(row=index, field="", message=row.error)]
+                else:
+                    outcome = validate_row(row.value, kind, self._specs, row=index)
+                if isinstance(outcome, list):
+                    result.problems += outcome
+                    result.rejected_rows += 1
+                    letter = dead_letter(
+                        origin=origin, topic=source_topic or topic,
+                        reason="; ".join(f"{p.field or 'row'}: {p.message}" for p in outcome),
+                        payload=row.original(), source=self._source, problems=outcome,
+                        partition=row.partition, offset=row.offset, key=row.key, traceparent=traceparent,
+                    )
+                    records.append(Record(dlq_topic, encode(letter), row.key))
+                    event_ids.append(None)
+                    continue
+                envelope = Envelope.wrap(outcome, event_id=outcome.event_id, source=self._source,
+                                         occurred_at=now, traceparent=traceparent)
+                records.append(Record(topic, encode(envelope), outcome.entity_id))
+                event_ids.append(outcome.event_id)
+            await self._publish(records, event_ids, result, kind=kind, origin=origin, dlq_topic=dlq_topic)
+        return result
+
+    async def refuse(self, kind: Kind, payload: bytes, *, reason: str, size: int | None = None) -> bool:
+        """Dead-letter a whole request that could not be read as events; True once stored.
+
+        Storing is best effort: the caller has already refused the request, and a broker that
+        is down only costs the record of the refusal (counted in the logs and metrics).
+        """
+        topic = TOPICS[kind]
+        letter = dead_letter(origin="http", topic=topic, reason=reason, payload=payload, size=size,
+                             source=self._source, traceparent=current_traceparent())
+        try:
+            delivery = await self._producer.send(dlq(topic), encode(letter))
+        except ProducerQueueFull:
+            delivery = None
+        if delivery is None or not delivery.ok:
+            log.error("could not dead-letter a refused request", extra={"reason": reason})
+            return False
+        metrics.DEAD_LETTERS.labels(dlq(topic)).inc()
+        return True
+
+    async def _publish(self, records: list[Record], event_ids: list[str | None], result: IngestResult, *,
+                       kind: Kind, origin: Origin, dlq_topic: str) -> None:
+        try:
+            deliveries = await self._producer.send_many(records)
+        except ProducerQueueFull as exc:
+            accepted = [eid for eid, d in zip(event_ids, exc.results, strict=False) if eid and d.ok]
+            metrics.EVENTS.labels(kind, origin, "accepted").inc(len(accepted))
+            metrics.SHED.inc()
+            raise Overloaded(
+                f"ingest is overloaded: {len(accepted)} of {sum(1 for e in event_ids if e)} valid events were "
+                "published before the producer queue filled up; send the rest again after Retry-After "
+                "(resending accepted events is safe: consumers deduplicate by event id)",
+                accepted=accepted,
+            ) from exc
+        failed: list[str] = []
+        letters = 0
+        for event_id, delivery in zip(event_ids, deliveries, strict=True):
+            if not delivery.ok:
+                failed.append(event_id or "<dead letter>")
+            elif event_id is None:
+                letters += 1
+            else:
+                result.accepted.append(Accepted(event_id, delivery.partition, delivery.offset))
+        metrics.EVENTS.labels(kind, origin, "accepted").inc(len(result.accepted))
+        metrics.EVENTS.labels(kind, origin, "rejected").inc(result.rejected_rows)
+        if letters:
+            metrics.DEAD_LETTERS.labels(dlq_topic).inc(letters)
+        if failed:
+            metrics.EVENTS.labels(kind, origin, "failed").inc(len(failed))
+            reason = next(d.error for d in deliveries if not d.ok)
+            raise BrokerUnavailable(
+                f"the broker did not acknowledge {len(failed)} records ({reason}); send them again "
+                "(resending is safe: consumers deduplicate by event id)",
+                accepted=[a.event_id for a in result.accepted], failed=failed,
+            )
