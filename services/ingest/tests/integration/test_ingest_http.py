@@ -209,7 +209,8 @@ def test_oversized_bodies_and_batches_get_413_and_a_dead_letter(settings: Settin
                       match=lambda m: f"big-{unique}" in value(m)["payload"]["payload"])
     record = Envelope[DeadLetterV1].model_validate_json(letters[0].value()).payload
     assert record.payload_size > 2048 and "over the limit" in record.reason
-    consume(kafka_bootstrap, FEATURES_DLQ, count=1, match=lambda m: many[0]["event_id"] in value(m)["payload"]["payload"])
+    consume(kafka_bootstrap, FEATURES_DLQ, count=1,
+            match=lambda m: many[0]["event_id"] in value(m)["payload"]["payload"])
 
 
 def test_labels(client: TestClient, dataset: str, kafka_bootstrap: str, unique: str) -> None:
