@@ -1,0 +1,264 @@
+"""HTTP routes of the registry: thin adapters over :class:`registry.service.RegistryService`.
+
+Reads are open; every change needs a bearer token with the right role. Errors are answered by
+the handler in :mod:`registry.app` as ``{"error": "...", "code": "..."}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from typing import Annotated, BinaryIO
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from registry.deps import PrincipalDep, ServiceDep, SettingsDep
+from registry.domain import AliasChange, AliasState, Model, ModelVersion, Role, VersionSpec
+from registry.errors import ArtifactTooLarge, InvalidRequest, PermissionDenied
+from registry.names import check_model_name
+from registry.storage import read_chunks
+
+router = APIRouter(prefix="/v1")
+
+VersionNumber = Annotated[int, Path(ge=1, description="Version number, from 1.")]
+
+MULTIPART_OVERHEAD = 64 * 1024
+"""Bytes allowed on top of the artifact and metadata limits for multipart boundaries and headers."""
+
+
+class VersionPublic(ModelVersion):
+    """A registered version, as the API returns it."""
+
+    artifact_url: str = Field(description="Path of the artifact download (ETag = sha256).")
+
+
+class VersionsPublic(BaseModel):
+    """Versions of a model, oldest first."""
+
+    data: list[VersionPublic]
+    count: int
+
+
+class ModelPublic(Model):
+    """A registered model, as the API returns it."""
+
+
+class ModelsPublic(BaseModel):
+    """Every registered model."""
+
+    data: list[ModelPublic]
+    count: int
+
+
+class AliasUpdate(BaseModel):
+    """Move an alias."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    weight: float | None = Field(default=None, description="Canary traffic share in (0, 1]; only for canary.")
+    reason: str = Field(min_length=1, max_length=4096, description="Why; recorded in the audit log.")
+
+
+class AliasRollback(BaseModel):
+    """Roll an alias back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to_version: int | None = Field(default=None, ge=1, description="Default: the alias's previous version.")
+    reason: str = Field(min_length=1, max_length=4096)
+
+
+class AliasPublic(AliasState):
+    """Where an alias points."""
+
+
+class AliasChangePublic(AliasChange):
+    """One recorded alias change."""
+
+
+class AliasChangesPublic(BaseModel):
+    """The audit log of an alias, oldest first."""
+
+    data: list[AliasChangePublic]
+    count: int
+
+
+def _public(version: ModelVersion) -> VersionPublic:
+    return VersionPublic(
+        **version.model_dump(),
+        artifact_url=f"/v1/models/{version.model_name}/versions/{version.version}/artifact",
+    )
+
+
+@router.get("/models")
+async def list_models(service: ServiceDep) -> ModelsPublic:
+    """Every registered model with its aliases."""
+    models = await run_in_threadpool(service.list_models)
+    return ModelsPublic(data=[ModelPublic(**m.model_dump()) for m in models], count=len(models))
+
+
+@router.get("/models/{name}")
+async def get_model(name: str, service: ServiceDep) -> ModelPublic:
+    """One model with its aliases and latest version number."""
+    model = await run_in_threadpool(service.get_model, name)
+    return ModelPublic(**model.model_dump())
+
+
+@router.get("/models/{name}/versions")
+async def list_versions(name: str, service: ServiceDep) -> VersionsPublic:
+    """Every version of a model, oldest first."""
+    versions = await run_in_threadpool(service.list_versions, name)
+    return VersionsPublic(data=[_public(v) for v in versions], count=len(versions))
+
+
+@router.post("/models/{name}/versions", status_code=201)
+async def register_version(
+    name: str, request: Request, service: ServiceDep, settings: SettingsDep, actor: PrincipalDep
+) -> VersionPublic:
+    """Register the next version of a model (trainer role).
+
+    The body is ``multipart/form-data`` with two parts: ``metadata`` (JSON, see ``VersionSpec``)
+    and ``artifact`` (the ONNX file). The name and the token are checked before the body is read.
+    """
+    check_model_name(name)
+    if Role.TRAINER not in actor.roles:
+        raise PermissionDenied(f"{actor.name!r} may not register versions: it needs the 'trainer' role")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest("send multipart/form-data with a 'metadata' JSON part and an 'artifact' file part")
+    limit = settings.max_artifact_bytes + settings.max_metadata_bytes + MULTIPART_OVERHEAD
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ArtifactTooLarge(f"upload of {declared} bytes is over the limit of {settings.max_artifact_bytes} "
+                               "bytes for the artifact; shrink the model or raise REGISTRY_MAX_ARTIFACT_BYTES")
+    parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=1,
+                             max_part_size=settings.max_metadata_bytes)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequest(f"could not read the multipart body: {exc.message}") from exc
+    try:
+        metadata, artifact = form.get("metadata"), form.get("artifact")
+        if not isinstance(metadata, str):
+            raise InvalidRequest("the 'metadata' part (JSON text) is missing")
+        if not isinstance(artifact, UploadFile):
+            raise InvalidRequest("the 'artifact' file part is missing")
+        try:
+            spec = VersionSpec.model_validate_json(metadata)
+        except ValidationError as exc:
+            raise InvalidRequest(f"metadata is not valid: {_summary(exc)}") from exc
+        version = await run_in_threadpool(
+            service.register_version, name=name, spec=spec, artifact=read_chunks(artifact.file), actor=actor
+        )
+    finally:
+        await form.close()
+    return _public(version)
+
+
+@router.get("/models/{name}/versions/{version}")
+async def get_version(name: str, version: VersionNumber, service: ServiceDep) -> VersionPublic:
+    """One version with its lineage."""
+    return _public(await run_in_threadpool(service.get_version, name, version))
+
+
+@router.get("/models/{name}/versions/{version}/artifact", response_model=None)
+async def download_artifact(
+    name: str, version: VersionNumber, request: Request, service: ServiceDep
+) -> Response | StreamingResponse:
+    """The version's ONNX file. ``ETag`` is its quoted sha256; ``If-None-Match`` gives 304."""
+    found, stream = await run_in_threadpool(service.open_artifact, name, version)
+    etag = f'"{found.sha256}"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
+    wanted = {t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")}
+    if etag in wanted or "*" in wanted:
+        stream.close()
+        return Response(status_code=304, headers=headers)
+    headers["Content-Length"] = str(found.size_bytes)
+    headers["Content-Disposition"] = f'attachment; filename="{found.model_name}-{found.version}.onnx"'
+    return StreamingResponse(_chunks(stream), media_type="application/octet-stream", headers=headers)
+
+
+@router.get("/models/{name}/aliases/{alias}")
+async def get_alias(name: str, alias: str, service: ServiceDep) -> AliasPublic:
+    """Where an alias points."""
+    return AliasPublic(**(await run_in_threadpool(service.get_alias, name, alias)).model_dump())
+
+
+@router.get("/models/{name}/aliases/{alias}/version")
+async def resolve_alias(name: str, alias: str, service: ServiceDep) -> VersionPublic:
+    """The version an alias points at (deploy by alias)."""
+    state = await run_in_threadpool(service.get_alias, name, alias)
+    return _public(await run_in_threadpool(service.get_version, name, state.version))
+
+
+@router.put("/models/{name}/aliases/{alias}")
+async def set_alias(name: str, alias: str, body: AliasUpdate, service: ServiceDep,
+                    actor: PrincipalDep) -> AliasChangePublic:
+    """Point an alias at a version (operator role); recorded and published."""
+    change = await run_in_threadpool(
+        service.set_alias, name=name, alias=alias, version=body.version, weight=body.weight, reason=body.reason,
+        actor=actor,
+    )
+    return AliasChangePublic(**change.model_dump())
+
+
+@router.delete("/models/{name}/aliases/{alias}")
+async def remove_alias(
+    name: str, alias: str, service: ServiceDep, actor: PrincipalDep,
+    reason: Annotated[str, Query(min_length=1, max_length=4096, description="Why; recorded.")],
+) -> AliasChangePublic:
+    """Make an alias point nowhere (operator role); recorded and published."""
+    change = await run_in_threadpool(service.remove_alias, name=name, alias=alias, reason=reason, actor=actor)
+    return AliasChangePublic(**change.model_dump())
+
+
+@router.post("/models/{name}/aliases/{alias}/rollback")
+async def rollback_alias(name: str, alias: str, body: AliasRollback, service: ServiceDep,
+                         actor: PrincipalDep) -> AliasChangePublic:
+    """Point an alias back at an earlier version (operator role); recorded and published."""
+    change = await run_in_threadpool(
+        service.rollback, name=name, alias=alias, reason=body.reason, actor=actor, to_version=body.to_version
+    )
+    return AliasChangePublic(**change.model_dump())
+
+
+@router.get("/models/{name}/history")
+async def history(
+    name: str, service: ServiceDep, alias: Annotated[str | None, Query(description="Only this alias.")] = None
+) -> AliasChangesPublic:
+    """The audit log of alias changes: who, when, from which version to which, and why."""
+    changes = await run_in_threadpool(service.alias_history, name, alias)
+    return AliasChangesPublic(data=[AliasChangePublic(**c.model_dump()) for c in changes], count=len(changes))
+
+
+@router.post("/models/{name}/triton/sync", status_code=204)
+async def sync_triton(name: str, service: ServiceDep, actor: PrincipalDep) -> None:
+    """Rewrite the model's Triton repository directory and reload it in Triton (operator role)."""
+    if Role.OPERATOR not in actor.roles:
+        raise PermissionDenied(f"{actor.name!r} may not reload models: it needs the 'operator' role")
+    await run_in_threadpool(service.get_model, name)
+    await run_in_threadpool(service.sync_triton, name)
+
+
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
+    received = 0
+    async for chunk in stream:
+        received += len(chunk)
+        if received > limit:
+            raise ArtifactTooLarge(f"upload is over the limit of {limit} bytes; shrink the model or raise "
+                                   "REGISTRY_MAX_ARTIFACT_BYTES")
+        yield chunk
+
+
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    with stream:
+        yield from read_chunks(stream)
+
+
+def _summary(exc: ValidationError) -> str:
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors()[:10]]
+    return "; ".join(parts)

@@ -1,0 +1,402 @@
+"""The registry's core: register validated versions, move aliases, answer reads.
+
+Transport-agnostic: the HTTP API (:mod:`registry.api`) and the CLI call the same methods.
+Methods are synchronous (database, disk and onnxruntime work); async callers run them in a
+worker thread.
+
+Order of a registration, chosen so that a failure at any step leaves nothing registered:
+stream the upload into a private temporary file (size-limited, hashed) → validate it →
+move it under its digest in the artifact store → one database transaction adds the version
+and its outbox event → wake the outbox drainer → write the Triton repository. A failure
+before the transaction discards the upload; the Triton repository is derived state that
+:meth:`RegistryService.sync_triton` rebuilds at any time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+from registry import metrics
+from registry.domain import (
+    AliasChange,
+    AliasState,
+    ArtifactInfo,
+    Model,
+    ModelVersion,
+    Principal,
+    Role,
+    VersionSpec,
+)
+from registry.errors import (
+    InvalidModel,
+    InvalidRequest,
+    NotAuthenticated,
+    PermissionDenied,
+    RegistryError,
+    SignatureConflict,
+)
+from registry.names import Alias, check_alias, check_model_name
+from registry.outbox import model_registered, rollout_changed
+from registry.storage import ArtifactStore
+from registry.store import ModelStore
+from registry.triton_repo import TritonControl, TritonRepository
+from registry.validation import validate_model
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "trb_"
+"""Every token starts with this, so leaked tokens are easy to find in logs and repositories."""
+
+
+def hash_token(token: str) -> str:
+    """The stored form of ``token``: its sha256 (tokens are 256-bit random, so no salt is needed).
+
+    >>> hash_token("trb_x")[:16]
+    '5d3a822aba1d7ab7'
+    """
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an upload may be."""
+
+    max_artifact_bytes: int
+    min_opset: int
+    max_opset: int
+
+
+@dataclass(frozen=True)
+class EventTopics:
+    """Where the registry publishes."""
+
+    model_registered: str
+    rollout_changed: str
+
+
+def _noop() -> None:
+    return None
+
+
+class RegistryService:
+    """Registry operations with authorisation, validation, audit and events.
+
+    Args:
+        store: models, versions, aliases, tokens, outbox.
+        artifacts: the content-addressed artifact store.
+        limits: upload size and opset range.
+        topics: the event topics.
+        triton_repo: the Triton model repository to maintain, if any.
+        triton: Triton's model control API, if a Triton is configured.
+        notify: called after every commit that added outbox records (wakes the drainer).
+        clock: the current time (tests pass a fixed one).
+
+    """
+
+    def __init__(
+        self,
+        *,
+        store: ModelStore,
+        artifacts: ArtifactStore,
+        limits: Limits,
+        topics: EventTopics,
+        triton_repo: TritonRepository | None = None,
+        triton: TritonControl | None = None,
+        notify: Callable[[], None] = _noop,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.limits = limits
+        self.topics = topics
+        self.triton_repo = triton_repo
+        self.triton = triton
+        self.notify = notify
+        self.clock = clock
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def issue_token(self, name: str, roles: Iterable[Role]) -> str:
+        """Create a token for ``name`` with ``roles``; return the secret (shown once, stored hashed).
+
+        Raises:
+            InvalidRequest: no roles, or an empty name.
+
+        """
+        role_set = frozenset(roles)
+        if not name.strip() or len(name) > 128:
+            raise InvalidRequest("token name must be 1-128 characters")
+        if not role_set:
+            raise InvalidRequest(f"a token needs at least one role: {', '.join(r.value for r in Role)}")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self.store.add_token(name=name, token_hash=hash_token(token), roles=role_set, created_at=self.clock())
+        return token
+
+    def revoke_tokens(self, name: str) -> int:
+        """Revoke every token of ``name``; return how many were active."""
+        return self.store.revoke_tokens(name, self.clock())
+
+    def authenticate(self, token: str | None) -> Principal:
+        """The holder of ``token``.
+
+        Raises:
+            NotAuthenticated: no token, or an unknown or revoked one.
+
+        """
+        if not token:
+            raise NotAuthenticated("this change needs a bearer token: send 'Authorization: Bearer <token>'")
+        principal = self.store.principal_for(hash_token(token))
+        if principal is None:
+            raise NotAuthenticated("the bearer token is unknown or revoked; ask an operator for a new one")
+        return principal
+
+    @staticmethod
+    def _require(actor: Principal, role: Role) -> None:
+        if role not in actor.roles:
+            raise PermissionDenied(
+                f"{actor.name!r} may not do this: it needs the {role.value!r} role "
+                f"(it has {', '.join(sorted(r.value for r in actor.roles)) or 'none'})"
+            )
+
+    # -- registration ---------------------------------------------------------------------------
+
+    def register_version(
+        self, *, name: str, spec: VersionSpec, artifact: Iterable[bytes], actor: Principal
+    ) -> ModelVersion:
+        """Validate and store ``artifact`` as the next version of ``name`` (created when new).
+
+        Raises:
+            PermissionDenied: ``actor`` is not a trainer.
+            InvalidName: the model name is not allowed.
+            ArtifactTooLarge: the artifact is over the size limit.
+            InvalidModel: the artifact fails validation (including its subclasses
+                OpsetNotAllowed and SignatureMismatch).
+
+        """
+        self._require(actor, Role.TRAINER)
+        check_model_name(name)
+        staged = self.artifacts.stage(artifact, max_bytes=self.limits.max_artifact_bytes)
+        try:
+            if staged.size_bytes == 0:
+                raise InvalidModel("artifact is empty; upload the ONNX file's bytes")
+            validated = validate_model(staged.path, declared=spec.signature, min_opset=self.limits.min_opset,
+                                       max_opset=self.limits.max_opset)
+            self.artifacts.commit(staged)
+        except RegistryError as exc:
+            self.artifacts.discard(staged)
+            metrics.REFUSALS.labels(reason=exc.code).inc()
+            raise
+        except BaseException:
+            self.artifacts.discard(staged)
+            raise
+        info = ArtifactInfo(sha256=staged.sha256, size_bytes=staged.size_bytes, opset=validated.opset)
+        topic = self.topics.model_registered
+        version = self.store.register_version(
+            name=name, spec=spec, artifact=info, created_by=actor.name, created_at=self.clock(),
+            events=lambda v: [model_registered(v, topic=topic)],
+        )
+        metrics.REGISTRATIONS.inc()
+        self.notify()
+        log.info("version registered", extra={"model": name, "version": version.version, "sha256": info.sha256,
+                                              "by": actor.name})
+        self._sync_triton_quietly(name, reload=False)
+        return version
+
+    # -- aliases --------------------------------------------------------------------------------
+
+    def set_alias(
+        self, *, name: str, alias: str, version: int, weight: float | None, reason: str, actor: Principal
+    ) -> AliasChange:
+        """Point ``alias`` of ``name`` at ``version``; ``weight`` (0..1] is the canary's traffic share.
+
+        Raises:
+            PermissionDenied: ``actor`` is not an operator.
+            InvalidName: unknown alias or bad model name.
+            InvalidRequest: no reason, or a weight where none belongs (or missing for canary).
+            ModelNotFound, VersionNotFound: nothing to point at.
+            SignatureConflict: the versions served together would differ in signature.
+
+        """
+        self._require(actor, Role.OPERATOR)
+        check_model_name(name)
+        checked = check_alias(alias)
+        self._check_weight(checked, weight)
+        return self._move(name=name, alias=checked, version=version, weight=weight, reason=reason, actor=actor)
+
+    def remove_alias(self, *, name: str, alias: str, reason: str, actor: Principal) -> AliasChange:
+        """Make ``alias`` point nowhere (for example to end a canary).
+
+        Raises:
+            PermissionDenied, InvalidName, InvalidRequest, ModelNotFound, AliasNotSet.
+
+        """
+        self._require(actor, Role.OPERATOR)
+        check_model_name(name)
+        return self._move(name=name, alias=check_alias(alias), version=None, weight=None, reason=reason,
+                          actor=actor)
+
+    def rollback(
+        self, *, name: str, alias: str, reason: str, actor: Principal, to_version: int | None = None
+    ) -> AliasChange:
+        """Point ``alias`` back at an earlier version, recorded like any other change.
+
+        Args:
+            name: the model.
+            alias: the alias to roll back.
+            reason: why (recorded, prefixed with ``rollback:``).
+            actor: who.
+            to_version: the version to go back to; default the one the alias pointed at
+                before its current version.
+
+        Raises:
+            InvalidRequest: the alias has no earlier version, or ``to_version`` is not earlier.
+            PermissionDenied, InvalidName, ModelNotFound, AliasNotSet, VersionNotFound.
+
+        """
+        self._require(actor, Role.OPERATOR)
+        check_model_name(name)
+        checked = check_alias(alias)
+        current = self.store.get_alias(name, checked)
+        if to_version is None:
+            to_version = self._previous_version(name, checked, current)
+        if to_version >= current.version:
+            raise InvalidRequest(
+                f"rollback must go to an earlier version than {checked}'s current version {current.version}, "
+                f"not {to_version}; use set alias to move forward"
+            )
+        return self._move(name=name, alias=checked, version=to_version, weight=current.weight,
+                          reason=f"rollback: {reason.strip()}" if reason.strip() else "", actor=actor)
+
+    def _previous_version(self, name: str, alias: Alias, current: AliasState) -> int:
+        # The newest version, older than the current one, that the alias pointed at before.
+        for change in reversed(self.store.alias_history(name, alias)):
+            if change.version is not None and change.version < current.version:
+                return change.version
+        raise InvalidRequest(
+            f"alias {alias!r} of {name!r} never pointed at a version earlier than {current.version}; "
+            "give the version to roll back to explicitly"
+        )
+
+    @staticmethod
+    def _check_weight(alias: Alias, weight: float | None) -> None:
+        if alias == "canary":
+            if weight is None or not 0 < weight <= 1:
+                raise InvalidRequest("canary needs a traffic weight in (0, 1], for example 0.1 for 10%")
+        elif weight is not None:
+            raise InvalidRequest(f"only canary takes a traffic weight; {alias} gets all or mirrored traffic")
+
+    def _move(
+        self, *, name: str, alias: Alias, version: int | None, weight: float | None, reason: str, actor: Principal
+    ) -> AliasChange:
+        if not reason.strip():
+            raise InvalidRequest("say why: every alias change needs a reason, it goes into the audit log")
+        if len(reason) > 4096:
+            raise InvalidRequest("reason is longer than 4096 characters")
+        topic = self.topics.rollout_changed
+        change = self.store.move_alias(
+            name=name, alias=alias, version=version, weight=weight, changed_by=actor.name, reason=reason.strip(),
+            changed_at=self.clock(), events=lambda c: [rollout_changed(c, topic=topic)], guard=_one_signature,
+        )
+        metrics.ALIAS_CHANGES.labels(alias=alias).inc()
+        self.notify()
+        log.info("alias changed", extra={"model": name, "alias": alias, "version": version,
+                                         "previous": change.previous_version, "by": actor.name})
+        self._sync_triton_quietly(name, reload=True)
+        return change
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def list_models(self) -> list[Model]:
+        """Every model."""
+        return self.store.list_models()
+
+    def get_model(self, name: str) -> Model:
+        """One model with its aliases. Raises InvalidName, ModelNotFound."""
+        return self.store.get_model(check_model_name(name))
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """Every version of ``name``. Raises InvalidName, ModelNotFound."""
+        return self.store.list_versions(check_model_name(name))
+
+    def get_version(self, name: str, version: int) -> ModelVersion:
+        """One version. Raises InvalidName, ModelNotFound, VersionNotFound."""
+        return self.store.get_version(check_model_name(name), version)
+
+    def get_alias(self, name: str, alias: str) -> AliasState:
+        """Where ``alias`` points. Raises InvalidName, ModelNotFound, AliasNotSet."""
+        return self.store.get_alias(check_model_name(name), check_alias(alias))
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasChange]:
+        """The audit log of one alias, or of all aliases of ``name``."""
+        return self.store.alias_history(check_model_name(name), None if alias is None else check_alias(alias))
+
+    def open_artifact(self, name: str, version: int) -> tuple[ModelVersion, BinaryIO]:
+        """The version and its artifact bytes (the caller closes the stream)."""
+        found = self.get_version(name, version)
+        return found, self.artifacts.open(found.sha256)
+
+    # -- Triton ---------------------------------------------------------------------------------
+
+    def sync_triton(self, name: str, *, reload: bool = True) -> None:
+        """Bring ``name``'s directory in the Triton repository up to date; reload it in Triton.
+
+        Writes each version's ``model.onnx`` that is missing, rewrites ``config.pbtxt`` for
+        the versions the aliases point at (the newest version when none do) and, with a
+        Triton configured and ``reload``, loads the model (or unloads it when nothing serves).
+
+        Raises:
+            TritonError: Triton refused.
+            ArtifactMissing, StorageError: the repository could not be written.
+
+        """
+        if self.triton_repo is None:
+            return
+        check_model_name(name)
+        versions = self.store.list_versions(name)
+        if not versions:
+            return
+        for v in versions:
+            if not self.triton_repo.has_version(name, v.version):
+                with self.artifacts.open(v.sha256) as f:
+                    self.triton_repo.write_version(name, v.version, f)
+        serving = self.store.serving(name)
+        chosen = sorted({v.version: v for v in serving.values()}.items()) or [(versions[-1].version, versions[-1])]
+        self.triton_repo.write_config(name, chosen[-1][1].signature, versions=[n for n, _ in chosen])
+        if self.triton is not None and reload:
+            if serving:
+                self.triton.load(name)
+            else:
+                self.triton.unload(name)
+
+    def sync_all_triton(self) -> None:
+        """:meth:`sync_triton` for every model; failures are logged, not raised (start-up)."""
+        for model in self.store.list_models():
+            self._sync_triton_quietly(model.name, reload=bool(model.aliases))
+
+    def _sync_triton_quietly(self, name: str, *, reload: bool) -> None:
+        # The database is the source of truth and is already committed: a failed repository
+        # write or Triton call must not undo or fail the change. It is logged and counted, and
+        # POST /v1/models/{name}/triton/sync (or a restart) repairs it.
+        try:
+            self.sync_triton(name, reload=reload)
+        except (RegistryError, OSError) as exc:
+            metrics.TRITON_FAILURES.inc()
+            log.error("Triton repository sync failed", extra={"model": name, "error": str(exc)})
+
+
+def _one_signature(serving: Mapping[Alias, ModelVersion]) -> None:
+    """Refuse a serving set whose versions differ in signature: Triton gives them one config."""
+    versions = sorted({v.version: v for v in serving.values()}.values(), key=lambda v: v.version)
+    for other in versions[1:]:
+        if other.signature != versions[0].signature:
+            raise SignatureConflict(
+                f"versions {versions[0].version} and {other.version} of {other.model_name!r} would serve together "
+                "but have different signatures, and Triton serves all versions of a model with one config; "
+                "remove the other aliases first, or register the new signature under a new model name"
+            )

@@ -1,0 +1,230 @@
+"""The Triton model repository the registry materialises, and Triton's model control client.
+
+Layout (what ``tritonserver --model-repository=<repo> --model-control-mode=explicit`` loads)::
+
+    <repo>/<model>/config.pbtxt
+    <repo>/<model>/<version>/model.onnx
+
+Every registered version gets its ``model.onnx``. Triton keeps one ``config.pbtxt`` per model,
+shared by its versions; its ``version_policy`` lists the versions an alias points at (the
+serving set), so loading the model loads exactly those. Files are written to a temporary name
+and renamed, so Triton never reads half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+from schemas.registry import TensorSpec
+
+from registry.domain import Signature
+from registry.errors import InvalidName, TritonError
+from registry.names import check_model_name
+
+_TRITON_TYPES = {
+    "BOOL": "TYPE_BOOL", "INT8": "TYPE_INT8", "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
+    "UINT8": "TYPE_UINT8", "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "BYTES": "TYPE_STRING",
+}
+
+
+def batchable(signature: Signature) -> bool:
+    """True when every input and output has a dynamic first dimension (the batch)."""
+    return all(s.shape and s.shape[0] == -1 for s in (*signature.inputs, *signature.outputs))
+
+
+def render_config(
+    model: str,
+    signature: Signature,
+    *,
+    versions: Sequence[int],
+    max_batch_size: int,
+    max_queue_delay_us: int,
+) -> str:
+    """The ``config.pbtxt`` of ``model`` serving ``versions`` with ``signature``.
+
+    When every tensor has a dynamic first dimension, that dimension is Triton's batch
+    dimension: it is left out of ``dims`` and dynamic batching is on. Otherwise the model
+    takes whole tensors (``max_batch_size: 0``) and dynamic batching is off.
+
+    >>> sig = Signature(inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 3])],
+    ...                 outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 1])])
+    >>> print(render_config("m", sig, versions=[2, 1], max_batch_size=8, max_queue_delay_us=100))
+    name: "m"
+    platform: "onnxruntime_onnx"
+    max_batch_size: 8
+    version_policy: { specific: { versions: [1, 2] } }
+    input [
+      {
+        name: "x"
+        data_type: TYPE_FP32
+        dims: [3]
+      }
+    ]
+    output [
+      {
+        name: "y"
+        data_type: TYPE_FP32
+        dims: [1]
+      }
+    ]
+    dynamic_batching {
+      max_queue_delay_microseconds: 100
+    }
+    <BLANKLINE>
+    """
+    batch = max_batch_size > 0 and batchable(signature)
+    lines = [
+        f'name: "{model}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {max_batch_size if batch else 0}",
+        f"version_policy: {{ specific: {{ versions: [{', '.join(str(v) for v in sorted(set(versions)))}] }} }}",
+    ]
+    lines += _tensors("input", signature.inputs, batch) + _tensors("output", signature.outputs, batch)
+    if batch:
+        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _tensors(kind: str, specs: Sequence[TensorSpec], batch: bool) -> list[str]:
+    out = [f"{kind} ["]
+    for i, spec in enumerate(specs):
+        dims = spec.shape[1:] if batch else spec.shape
+        out += [
+            "  {",
+            f'    name: "{_escape(spec.name)}"',
+            f"    data_type: {_TRITON_TYPES[spec.datatype]}",
+            f"    dims: [{', '.join(str(d) for d in dims)}]",
+            "  }" + ("," if i < len(specs) - 1 else ""),
+        ]
+    return [*out, "]"]
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class TritonRepository:
+    """Writes the model repository under ``root``.
+
+    Args:
+        root: the repository directory Triton is started with.
+        max_batch_size: ``max_batch_size`` of batchable models.
+        max_queue_delay_us: dynamic batching's queue delay.
+
+    """
+
+    def __init__(self, root: Path, *, max_batch_size: int = 64, max_queue_delay_us: int = 100) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_us = max_queue_delay_us
+
+    def model_dir(self, model: str) -> Path:
+        """The directory of ``model``, checked to be a direct child of the repository.
+
+        Raises:
+            InvalidName: the model name is not allowed.
+
+        """
+        path = (self.root / check_model_name(model)).resolve()
+        if path.parent != self.root:
+            raise InvalidName(f"model directory for {model!r} leaves the repository")  # defence in depth
+        return path
+
+    def version_file(self, model: str, version: int) -> Path:
+        """``<repo>/<model>/<version>/model.onnx``."""
+        if version < 1:
+            raise InvalidName(f"version must be 1 or more, not {version}")
+        return self.model_dir(model) / str(version) / "model.onnx"
+
+    def has_version(self, model: str, version: int) -> bool:
+        """Whether the version's ``model.onnx`` is in place."""
+        return self.version_file(model, version).is_file()
+
+    def write_version(self, model: str, version: int, artifact: BinaryIO) -> Path:
+        """Copy ``artifact`` to the version's ``model.onnx`` (atomically); return its path."""
+        target = self.version_file(model, version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".model-", suffix=".onnx", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(artifact, out, 1024 * 1024)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(name, 0o444)
+            os.replace(name, target)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        return target
+
+    def write_config(self, model: str, signature: Signature, *, versions: Sequence[int]) -> Path:
+        """Write ``config.pbtxt`` of ``model`` serving ``versions`` (atomically); return its path."""
+        text = render_config(model, signature, versions=versions, max_batch_size=self.max_batch_size,
+                             max_queue_delay_us=self.max_queue_delay_us)
+        target = self.model_dir(model) / "config.pbtxt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".config-", suffix=".pbtxt", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.replace(name, target)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        return target
+
+
+class TritonControl:
+    """Triton's HTTP model control API (``--model-control-mode=explicit``).
+
+    Args:
+        base_url: Triton's HTTP endpoint, for example ``http://triton:8000``.
+        timeout_s: how long a load may take (Triton answers once the model is ready).
+        client: an httpx client to use instead of a new one (tests; connection reuse).
+
+    """
+
+    def __init__(self, base_url: str, *, timeout_s: float = 120.0, client: httpx.Client | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client = client or httpx.Client(timeout=timeout_s)
+        self._owns_client = client is None
+
+    def load(self, model: str) -> None:
+        """Load (or reload) ``model`` with its current ``config.pbtxt``.
+
+        Raises:
+            TritonError: Triton refused or could not be reached.
+
+        """
+        self._post(f"/v2/repository/models/{check_model_name(model)}/load", {})
+
+    def unload(self, model: str) -> None:
+        """Unload every version of ``model``.
+
+        Raises:
+            TritonError: Triton refused or could not be reached.
+
+        """
+        self._post(f"/v2/repository/models/{check_model_name(model)}/unload",
+                   {"parameters": {"unload_dependents": False}})
+
+    def _post(self, path: str, body: dict[str, object]) -> None:
+        try:
+            response = self._client.post(self.base_url + path, json=body)
+        except httpx.HTTPError as exc:
+            raise TritonError(f"Triton at {self.base_url} could not be reached ({exc}); is it running?") from exc
+        if response.status_code != 200:
+            detail = response.text[:500]
+            raise TritonError(f"Triton refused POST {path}: HTTP {response.status_code} {detail}")
+
+    def close(self) -> None:
+        """Close the HTTP client when this object created it."""
+        if self._owns_client:
+            self._client.close()
