@@ -124,6 +124,8 @@ def create_app(settings: Settings) -> FastAPI:
                 triton.close()
             engine.dispose()
             tracer_provider.shutdown()
+            # Drop the clients so librdkafka's instance is destroyed now, not when the app is.
+            app.state.service = app.state.producer = app.state.drainer = None
 
     app = FastAPI(title="registry", version=service_version, lifespan=lifespan)
     app.state.settings = settings

@@ -240,7 +240,8 @@ def test_rollback_points_at_the_earlier_version_and_is_recorded(
     with pytest.raises(InvalidRequest, match="never pointed at a version earlier"):
         service.rollback(name="fraud", alias="champion", reason="again", actor=operator)
     service.set_alias(name="fraud", alias="champion", version=3, weight=None, reason="fixed", actor=operator)
-    assert service.rollback(name="fraud", alias="champion", reason="explicit", actor=operator, to_version=1).version == 1
+    explicit = service.rollback(name="fraud", alias="champion", reason="explicit", actor=operator, to_version=1)
+    assert explicit.version == 1
     with pytest.raises(InvalidRequest, match="earlier version"):
         service.rollback(name="fraud", alias="champion", reason="forward?", actor=operator, to_version=3)
     assert len(service.alias_history("fraud", "champion")) == 7
