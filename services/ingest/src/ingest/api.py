@@ -137,8 +137,8 @@ async def _events(request: Request, kind: Kind, *, batch: bool, service: IngestS
         try:
             body = await read_limited(request.stream(), limit=limit, declared=request.headers.get("content-length"))
             content_type = request.headers.get("content-type")
-            rows: list[Row] = (decode_batch(body, content_type, max_events=settings.max_batch_events) if batch
-                               else [decode_single(body, content_type)])
+            rows: list[Row] = (decode_batch(body, content_type, kind, max_events=settings.max_batch_events)
+                               if batch else [decode_single(body, content_type, kind)])
         except TooLarge as exc:
             await service.refuse(kind, exc.prefix, reason=str(exc), size=exc.size)
             raise

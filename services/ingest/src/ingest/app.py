@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
         raw_task: asyncio.Task[None] | None = None
         try:
             await asyncio.to_thread(catalogue.load, settings.startup_timeout_s)
-            service = IngestService(specs=catalogue.get, producer=producer,
+            service = IngestService(specs=catalogue.compiled, producer=producer,
                                     tracer=provider.get_tracer("ingest"))
             app.state.settings = settings
             app.state.producer = producer

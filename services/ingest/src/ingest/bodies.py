@@ -16,6 +16,7 @@ import orjson
 
 from ingest.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ingest.service import Row
+from ingest.validation import Kind, parse_many_json, parse_one_json
 
 JSON_TYPES = {"application/json"}
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
@@ -63,7 +64,7 @@ def _loads(raw: bytes | str) -> Any:
         return json.loads(raw)  # accepts NaN/Infinity; raises ValueError on real garbage
 
 
-def decode_single(body: bytes, content_type: str | None) -> Row:
+def decode_single(body: bytes, content_type: str | None, kind: Kind) -> Row:
     """The one event of a single-event request.
 
     Raises:
@@ -73,6 +74,9 @@ def decode_single(body: bytes, content_type: str | None) -> Row:
     if media_type(content_type) not in JSON_TYPES:
         raise UnsupportedMediaType(f"Content-Type {content_type or '(none)'!r} is not supported; "
                                    "send application/json")
+    event = parse_one_json(body, kind)
+    if event is not None:
+        return Row(event=event, text=body)
     try:
         value = _loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -82,7 +86,7 @@ def decode_single(body: bytes, content_type: str | None) -> Row:
     return Row(value=value, text=body)
 
 
-def decode_batch(body: bytes, content_type: str | None, *, max_events: int) -> list[Row]:
+def decode_batch(body: bytes, content_type: str | None, kind: Kind, *, max_events: int) -> list[Row]:
     """The rows of a batch: a JSON array (application/json) or one event per line (NDJSON).
 
     Raises:
@@ -90,9 +94,17 @@ def decode_batch(body: bytes, content_type: str | None, *, max_events: int) -> l
         BadRequest: not decodable as a whole (JSON), not an array, or empty.
         PayloadTooLarge: more than ``max_events`` rows.
     """
-    kind = media_type(content_type)
+    media = media_type(content_type)
     rows: list[Row]
-    if kind in JSON_TYPES:
+    if media in JSON_TYPES:
+        events = parse_many_json(body, kind)
+        if events is not None:
+            if len(events) > max_events:
+                raise PayloadTooLarge(f"batch of {len(events)} events is over the limit of {max_events}; split it")
+            rows = [Row(event=e) for e in events]
+            if not rows:
+                raise BadRequest("the batch is empty", code="empty_batch")
+            return rows
         try:
             value = _loads(body)
         except (UnicodeDecodeError, ValueError) as exc:
@@ -103,12 +115,16 @@ def decode_batch(body: bytes, content_type: str | None, *, max_events: int) -> l
         if len(value) > max_events:
             raise PayloadTooLarge(f"batch of {len(value)} events is over the limit of {max_events}; split it")
         rows = [Row(value=v) for v in value]
-    elif kind in NDJSON_TYPES:
+    elif media in NDJSON_TYPES:
         lines = [line for line in body.split(b"\n") if line.strip()]
         if len(lines) > max_events:
             raise PayloadTooLarge(f"batch of {len(lines)} events is over the limit of {max_events}; split it")
         rows = []
         for number, line in enumerate(lines, start=1):
+            event = parse_one_json(line, kind)
+            if event is not None:
+                rows.append(Row(event=event, text=line))
+                continue
             try:
                 rows.append(Row(value=_loads(line), text=line))
             except (UnicodeDecodeError, ValueError) as exc:

@@ -70,8 +70,9 @@ class RawValidator:
             by_topic[msg.topic() or ""].append(msg)
         try:
             for topic, msgs in by_topic.items():
-                rows: list[Row] = [row_from_record(m, self._max_record_bytes) for m in msgs]
-                await self._service.ingest(RAW_TOPICS[topic], rows, origin="kafka", source_topic=topic)
+                kind = RAW_TOPICS[topic]
+                rows: list[Row] = [row_from_record(m, kind, self._max_record_bytes) for m in msgs]
+                await self._service.ingest(kind, rows, origin="kafka", source_topic=topic)
         except (Overloaded, BrokerUnavailable) as exc:
             metrics.RAW_ROUNDS.labels("retried").inc()
             log.warning("raw round not published; rewinding to retry", extra={"reason": str(exc)})

@@ -10,6 +10,7 @@ from tributary_kit.producer import AsyncProducer
 
 from ingest.service import Row
 from ingest.settings import Settings
+from ingest.validation import Kind, parse_one_json
 
 
 def build_producer(settings: Settings) -> AsyncProducer:
@@ -36,7 +37,7 @@ def build_raw_consumer(settings: Settings) -> Consumer:
     })
 
 
-def row_from_record(msg: Message, max_bytes: int) -> Row:
+def row_from_record(msg: Message, kind: Kind, max_bytes: int) -> Row:
     """A row for one raw record; undecodable or oversized records become rows with an error."""
     raw = msg.value() or b""
     key = msg.key()
@@ -46,6 +47,9 @@ def row_from_record(msg: Message, max_bytes: int) -> Row:
         return where(text=b"", error="record has no value")
     if len(raw) > max_bytes:
         return where(text=raw, error=f"record of {len(raw)} bytes is over the limit of {max_bytes}")
+    event = parse_one_json(raw, kind)
+    if event is not None:
+        return where(event=event, text=raw)
     try:
         value = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:

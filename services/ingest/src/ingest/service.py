@@ -17,16 +17,15 @@ from typing import Any, Literal
 
 from opentelemetry import trace
 from schemas.deadletter import Problem
-from schemas.envelope import Envelope
 from schemas.topics import FEATURES, LABELS, dlq
-from tributary_kit.codec import encode
+from tributary_kit.codec import encode, encode_event
 from tributary_kit.deadletter import dead_letter
 from tributary_kit.producer import AsyncProducer, ProducerQueueFull, Record
 from tributary_kit.telemetry import current_traceparent
 
 from ingest import metrics
 from ingest.errors import BrokerUnavailable, Overloaded
-from ingest.validation import DataEvent, Kind, SpecLookup, validate_row
+from ingest.validation import DataEvent, Kind, SpecLookup, check_event, validate_row
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +37,13 @@ TOPICS: dict[Kind, str] = {"features": FEATURES, "labels": LABELS}
 class Row:
     """One input row: its decoded JSON value, or why it could not be decoded.
 
+    ``event`` is set instead of ``value`` when the row was already parsed against the contract.
     ``text`` is the original text, kept for dead letters (None: re-serialise ``value``).
     ``partition``/``offset``/``key`` say where a raw Kafka record came from.
     """
 
     value: Any = None
+    event: DataEvent | None = None
     text: str | bytes | None = None
     error: str | None = None
     partition: int | None = None
@@ -53,6 +54,8 @@ class Row:
         """The row as it arrived, as closely as it can be reproduced."""
         if self.text is not None:
             return self.text
+        if self.event is not None:
+            return self.event.model_dump_json()
         try:
             return json.dumps(self.value)
         except (TypeError, ValueError):
@@ -126,6 +129,8 @@ class IngestService:
                 outcome: DataEvent | list[Problem]
                 if row.error is not None:
                     outcome = [Problem(row=index, field="", message=row.error)]
+                elif row.event is not None:
+                    outcome = check_event(row.event, self._specs, row=index)
                 else:
                     outcome = validate_row(row.value, kind, self._specs, row=index)
                 if isinstance(outcome, list):
@@ -140,9 +145,9 @@ class IngestService:
                     records.append(Record(dlq_topic, encode(letter), row.key))
                     event_ids.append(None)
                     continue
-                envelope = Envelope.wrap(outcome, event_id=outcome.event_id, source=self._source,
-                                         occurred_at=now, traceparent=traceparent)
-                records.append(Record(topic, encode(envelope), outcome.entity_id))
+                value = encode_event(outcome, event_id=outcome.event_id, source=self._source, occurred_at=now,
+                                     traceparent=traceparent, event_type=topic)
+                records.append(Record(topic, value, outcome.entity_id))
                 event_ids.append(outcome.event_id)
             await self._publish(records, event_ids, result, kind=kind, origin=origin, dlq_topic=dlq_topic)
         return result

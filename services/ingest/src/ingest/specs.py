@@ -26,6 +26,7 @@ from tributary_kit.telemetry import current_traceparent
 
 from ingest import metrics
 from ingest.errors import BrokerUnavailable, SpecConflict, UnknownDataset
+from ingest.validation import CompiledSpec
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class SpecCatalogue:
         self._bootstrap = bootstrap
         self._topic = topic
         self._specs: dict[str, RegisteredSpec] = {}
+        self._compiled: dict[str, CompiledSpec] = {}
         self._lock = threading.Lock()
         self._register_lock = asyncio.Lock()
         self._stop = threading.Event()
@@ -59,6 +61,10 @@ class SpecCatalogue:
         """The current spec of dataset ``name``, or None."""
         entry = self._specs.get(name)
         return entry.spec if entry else None
+
+    def compiled(self, name: str) -> CompiledSpec | None:
+        """The current spec of ``name`` prepared for validation, or None."""
+        return self._compiled.get(name)
 
     def entry(self, name: str) -> RegisteredSpec:
         """The current spec of ``name`` with its revision.
@@ -116,8 +122,10 @@ class SpecCatalogue:
             current = self._specs.get(name)
             if entry is None:
                 self._specs.pop(name, None)
+                self._compiled.pop(name, None)
             elif current is None or entry.revision >= current.revision:
                 self._specs[name] = entry
+                self._compiled[name] = CompiledSpec(entry.spec)
         metrics.DATASETS.set(len(self._specs))
 
     # -- following the topic ----------------------------------------------------------------------

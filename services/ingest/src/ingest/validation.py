@@ -11,20 +11,74 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 from schemas.dataset import DatasetSpec, FeatureSpec, LabelSpec
 from schemas.deadletter import Problem
 from schemas.ingest import FeatureEventV1, LabelEventV1
 
 Kind = Literal["features", "labels"]
 DataEvent = FeatureEventV1 | LabelEventV1
-SpecLookup = Callable[[str], DatasetSpec | None]
 
-EVENT_CLASSES: dict[Kind, type[FeatureEventV1] | type[LabelEventV1]] = {
-    "features": FeatureEventV1,
-    "labels": LabelEventV1,
+
+class _StrictFeatureEvent(FeatureEventV1):
+    """The feature contract as ingest enforces it: unknown top-level fields are refused.
+
+    Downstream readers stay tolerant (they ignore fields a newer producer adds); at the entry
+    a misspelt field ("labl") must be an error, not a silently dropped label.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _StrictLabelEvent(LabelEventV1):
+    """The label contract as ingest enforces it (see :class:`_StrictFeatureEvent`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+_STRICT: dict[Kind, type[FeatureEventV1] | type[LabelEventV1]] = {
+    "features": _StrictFeatureEvent,
+    "labels": _StrictLabelEvent,
 }
+_MANY: dict[Kind, TypeAdapter[list[Any]]] = {kind: TypeAdapter(list[cls]) for kind, cls in _STRICT.items()}  # type: ignore[valid-type]
+_FIELDS: dict[Kind, str] = {kind: ", ".join(cls.model_fields) for kind, cls in _STRICT.items()}
 _LIST_LIMIT = 20
+
+
+class CompiledSpec:
+    """A dataset spec prepared for checking many events quickly (features by name)."""
+
+    __slots__ = ("by_name", "listing", "required", "spec")
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self.spec = spec
+        self.by_name: dict[str, FeatureSpec] = {f.name: f for f in spec.features}
+        self.required = [f for f in spec.features if f.required]
+        self.listing = _listing(f.name for f in spec.features)
+
+
+SpecLookup = Callable[[str], CompiledSpec | None]
+
+
+def parse_many_json(body: bytes, kind: Kind) -> list[DataEvent] | None:
+    """Every event of a JSON array body when all of them meet the contract, else None.
+
+    The fast path for well-formed batches: parsing and contract checks happen in one pass in
+    pydantic-core. None sends the caller to the row-by-row path, which names every problem.
+    """
+    try:
+        events: list[DataEvent] = _MANY[kind].validate_json(body)
+    except ValidationError:
+        return None
+    return events
+
+
+def parse_one_json(raw: bytes | str, kind: Kind) -> DataEvent | None:
+    """The event in ``raw`` when it meets the contract, else None (see :func:`parse_many_json`)."""
+    try:
+        return _STRICT[kind].model_validate_json(raw)
+    except ValidationError:
+        return None
 
 
 def validate_row(obj: Any, kind: Kind, specs: SpecLookup, *, row: int | None = None) -> DataEvent | list[Problem]:
@@ -33,57 +87,61 @@ def validate_row(obj: Any, kind: Kind, specs: SpecLookup, *, row: int | None = N
     Args:
         obj: one decoded JSON value from a request body or a raw Kafka record.
         kind: which event the endpoint or topic carries.
-        specs: looks up a dataset's spec by name (None when unknown).
+        specs: looks up a dataset's compiled spec by name (None when unknown).
         row: position of the row in its batch, copied into the problems.
     """
-    cls = EVENT_CLASSES[kind]
     event_id = obj.get("event_id") if isinstance(obj, dict) else None
     event_id = event_id if isinstance(event_id, str) else None
-
-    def problem(field: str, message: str) -> Problem:
-        return Problem(row=row, event_id=event_id, field=field, message=message)
-
     if not isinstance(obj, dict):
-        return [problem("", f"an event must be a JSON object, got {_json_type(obj)}")]
-    problems = [problem(name, f"unknown field; {kind} events have: {', '.join(cls.model_fields)}")
-                for name in obj if name not in cls.model_fields]
+        return [Problem(row=row, event_id=event_id, field="",
+                        message=f"an event must be a JSON object, got {_json_type(obj)}")]
     try:
-        event = cls.model_validate(obj)
+        event = _STRICT[kind].model_validate(obj)
     except ValidationError as exc:
-        return problems + _contract_problems(exc, problem)
-    if problems:
-        return problems
-    spec = specs(event.dataset)
-    if spec is None:
-        return [problem("dataset", f"unknown dataset {event.dataset!r}; register its spec first "
-                                   "(POST /v1/datasets)")]
+        return _contract_problems(exc, kind, row=row, event_id=event_id)
+    return check_event(event, specs, row=row)
+
+
+def check_event(event: DataEvent, specs: SpecLookup, *, row: int | None = None) -> DataEvent | list[Problem]:
+    """``event`` when it meets its dataset's spec, else every problem (contract already met)."""
+    compiled = specs(event.dataset)
+    if compiled is None:
+        return [Problem(row=row, event_id=event.event_id, field="dataset",
+                        message=f"unknown dataset {event.dataset!r}; register its spec first (POST /v1/datasets)")]
     found: list[tuple[str, str]] = []
     if isinstance(event, FeatureEventV1):
-        found += check_features(spec, event.features)
+        found += check_features(compiled, event.features)
         if event.label is not None:
-            found += [("label", m) for m in check_label(spec.label, event.label)]
+            found += [("label", m) for m in check_label(compiled.spec.label, event.label)]
     else:
-        found += [("label", m) for m in check_label(spec.label, event.label)]
+        found += [("label", m) for m in check_label(compiled.spec.label, event.label)]
     if found:
-        return [problem(field, message) for field, message in found]
+        return [Problem(row=row, event_id=event.event_id, field=field, message=message) for field, message in found]
     return event
 
 
-def check_features(spec: DatasetSpec, features: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """``(field, message)`` for every way ``features`` breaks ``spec``; empty when valid."""
+def check_features(compiled: CompiledSpec, features: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(field, message)`` for every way ``features`` breaks the spec; empty when valid."""
     out: list[tuple[str, str]] = []
+    by_name = compiled.by_name
     for name, value in features.items():
-        feature = spec.feature(name)
+        feature = by_name.get(name)
         if feature is None:
-            out.append((f"features.{name}",
-                        f"unknown feature; dataset {spec.name!r} has: {_listing(f.name for f in spec.features)}"))
+            out.append((f"features.{name}", f"unknown feature; dataset {compiled.spec.name!r} has: {compiled.listing}"))
+            continue
+        # Inline fast path for the common case: an in-range number for a numeric feature.
+        if (
+            feature.type == "numeric" and value.__class__ in (int, float) and -math.inf < value < math.inf
+            and (feature.min is None or value >= feature.min) and (feature.max is None or value <= feature.max)
+        ):
             continue
         message = _check_value(feature, value)
         if message:
             out.append((f"features.{name}", message))
-    for feature in spec.features:
-        if feature.required and feature.name not in features:
-            out.append((f"features.{feature.name}", f"missing required {feature.type} feature"))
+    if len(features) < len(by_name) or out:
+        for feature in compiled.required:
+            if feature.name not in features:
+                out.append((f"features.{feature.name}", f"missing required {feature.type} feature"))
     return out
 
 
@@ -128,7 +186,10 @@ def check_label(spec: LabelSpec, label: Any) -> list[str]:
     return [f"{_short(label)} is not a class of this dataset: {_listing(str(c) for c in classes)}"]
 
 
-def _contract_problems(exc: ValidationError, problem: Callable[[str, str], Problem]) -> list[Problem]:
+def _contract_problems(exc: ValidationError, kind: Kind, *, row: int | None, event_id: str | None) -> list[Problem]:
+    def problem(field: str, message: str) -> Problem:
+        return Problem(row=row, event_id=event_id, field=field, message=message)
+
     by_field: dict[str, Problem] = {}
     for err in exc.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]
@@ -139,7 +200,12 @@ def _contract_problems(exc: ValidationError, problem: Callable[[str, str], Probl
             field, message = "label", _value_message(err["input"], "a label", "a boolean, a number or a string")
         else:
             field = ".".join(loc[:1])
-            message = "required field is missing" if err["type"] == "missing" else err["msg"]
+            if err["type"] == "missing":
+                message = "required field is missing"
+            elif err["type"] == "extra_forbidden":
+                message = f"unknown field; {kind} events have: {_FIELDS[kind]}"
+            else:
+                message = err["msg"]
         by_field.setdefault(field, problem(field, message))
     return list(by_field.values())
 

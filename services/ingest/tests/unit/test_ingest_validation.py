@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import pytest
-from ingest.validation import check_label, validate_row
+from ingest.validation import CompiledSpec, check_label, validate_row
 from schemas.dataset import DatasetSpec, FeatureSpec, LabelSpec
 from schemas.deadletter import Problem
 from schemas.ingest import FeatureEventV1, LabelEventV1
@@ -23,8 +23,8 @@ SPEC = DatasetSpec(
 )
 
 
-def lookup(name: str) -> DatasetSpec | None:
-    return SPEC if name == "credit" else None
+def lookup(name: str) -> CompiledSpec | None:
+    return CompiledSpec(SPEC) if name == "credit" else None
 
 
 def event(**changes: Any) -> dict[str, Any]:

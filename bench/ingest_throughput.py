@@ -1,0 +1,157 @@
+"""Ingest batch endpoint against a raw confluent-kafka producer, same events, same broker, same run.
+
+Both sides wait for the broker's acknowledgement (``acks=all``, idempotent producer): ingest
+answers a batch only after every record of it was acknowledged, and the raw producer counts
+delivery reports until all are in. The ingest side pays for HTTP, JSON decoding, validation
+against the dataset spec, the envelope and the delivery wait; the raw side sends the producer's
+own JSON as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka import Producer
+from schemas.topics import FEATURES as FEATURES_TOPIC
+from schemas.topics import TopicSpec, topic
+from tributary_kit.admin import ensure_topics
+
+from deploy.localstack import Broker, ServiceProcess, free_port
+
+FEATURES = [f"f{i}" for i in range(8)]
+SPEC = {
+    "name": "bench",
+    "features": [{"name": f, "type": "numeric", "min": -1e9, "max": 1e9} for f in FEATURES]
+    + [{"name": "segment", "type": "categorical", "categories": ["a", "b", "c", "d"]}],
+    "label": {"type": "binary"},
+}
+RAW_TOPIC = "bench.raw-baseline"
+
+
+def make_events(n: int) -> list[dict[str, Any]]:
+    now = datetime.now(UTC).isoformat()
+    return [
+        {
+            "event_id": str(uuid.uuid4()),
+            "dataset": "bench",
+            "entity_id": f"c-{i % 10_000}",
+            "event_time": now,
+            "features": {**{f: (i * 7 + j) % 1000 / 10 for j, f in enumerate(FEATURES)}, "segment": "abcd"[i % 4]},
+            "label": i % 2,
+        }
+        for i in range(n)
+    ]
+
+
+def raw_producer_run(bootstrap: str, events: list[dict[str, Any]]) -> float:
+    """Events/s of a raw producer sending each event's JSON and waiting for every delivery report."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                         "linger.ms": 5, "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
+    payloads = [(json.dumps(e).encode(), e["entity_id"].encode()) for e in events]
+    delivered = 0
+
+    def on_delivery(err: Any, msg: Any) -> None:
+        nonlocal delivered
+        if err is None:
+            delivered += 1
+
+    started = time.perf_counter()
+    for value, key in payloads:
+        while True:
+            try:
+                producer.produce(RAW_TOPIC, value, key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(60)
+    elapsed = time.perf_counter() - started
+    assert delivered == len(events), f"raw producer: {delivered} of {len(events)} delivered"
+    return len(events) / elapsed
+
+
+async def ingest_run(url: str, bodies: list[bytes], batch: int, concurrency: int) -> tuple[float, list[float]]:
+    """Events/s through POST /v1/events/batch, and every batch's latency in seconds."""
+    latencies: list[float] = []
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            body = queue.get_nowait()
+            t0 = time.perf_counter()
+            response = await client.post(f"{url}/v1/events/batch", content=body,
+                                         headers={"content-type": "application/json"})
+            latencies.append(time.perf_counter() - t0)
+            if response.status_code != 200:
+                raise RuntimeError(f"ingest answered {response.status_code}: {response.text[:300]}")
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return len(bodies) * batch / elapsed, latencies
+
+
+def run(*, quick: bool = False) -> list[tuple[str, str, str, str, str]]:
+    n, batch, concurrency, rounds = (20_000, 500, 4, 1) if quick else (100_000, 1000, 4, 3)
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        broker = Broker(Path(tmp) / "kafka")
+        broker.start()
+        port = free_port()
+        ingest = ServiceProcess(
+            "ingest", "ingest",
+            {"INGEST_KAFKA_BOOTSTRAP": broker.bootstrap, "INGEST_PORT": str(port), "INGEST_CONSUME_RAW": "false",
+             "INGEST_LOG_LEVEL": "WARNING"},
+            ready_url=f"http://127.0.0.1:{port}/readyz", log_path=Path(tmp) / "ingest.log",
+        )
+        try:
+            ingest.start()
+            url = f"http://127.0.0.1:{port}"
+            httpx.post(f"{url}/v1/datasets", json=SPEC, timeout=30).raise_for_status()
+            # The same partitioning as the validated feature topic.
+            ensure_topics(broker.bootstrap, [TopicSpec(name=RAW_TOPIC, event_type=None, key="entity id",
+                                                       partitions=topic(FEATURES_TOPIC).partitions)])
+
+            # Warm both paths up, then alternate measured rounds.
+            warm = make_events(5_000)
+            raw_producer_run(broker.bootstrap, warm)
+            asyncio.run(ingest_run(url, [json.dumps(warm[i:i + batch]).encode()
+                                         for i in range(0, len(warm), batch)], batch, concurrency))
+            raw_rates: list[float] = []
+            ingest_rates: list[float] = []
+            latencies: list[float] = []
+            for _ in range(rounds):
+                events = make_events(n)
+                raw_rates.append(raw_producer_run(broker.bootstrap, events))
+                events = make_events(n)
+                bodies = [json.dumps(events[i:i + batch]).encode() for i in range(0, n, batch)]
+                rate, lat = asyncio.run(ingest_run(url, bodies, batch, concurrency))
+                ingest_rates.append(rate)
+                latencies += lat
+        finally:
+            ingest.stop()
+            broker.stop()
+    raw_rate, ingest_rate = statistics.median(raw_rates), statistics.median(ingest_rates)
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    ratio = ingest_rate / raw_rate
+    print(f"ingest: {ingest_rate:,.0f} events/s (batches of {batch}, {concurrency} concurrent), "
+          f"batch latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    print(f"raw producer: {raw_rate:,.0f} events/s; ratio {ratio:.2f} (target >= 0.5)")
+    return [
+        ("ingest batch endpoint, events/s", f"{ingest_rate:,.0f}", f"{raw_rate:,.0f} (raw producer)",
+         f"{ratio:.2f}", ">= 0.5"),
+        (f"ingest batch latency ({batch} events), p50 / p99", f"{p50:.1f} / {p99:.1f} ms", "-", "-", "-"),
+    ]
