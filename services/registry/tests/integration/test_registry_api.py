@@ -176,6 +176,25 @@ def test_declared_oversized_body_is_refused_before_reading(client: TestClient, s
     _assert_nothing_registered(client, settings)
 
 
+def test_chunked_oversized_body_is_cut_off_while_streaming(client: TestClient, settings: Settings,
+                                                           tokens: dict[str, str]) -> None:
+    limit = settings.max_artifact_bytes + settings.max_metadata_bytes
+
+    def body() -> Iterator[bytes]:
+        yield b"--x\r\nContent-Disposition: form-data; name=\"artifact\"; filename=\"m.onnx\"\r\n\r\n"
+        for _ in range(2 * limit // 65536 + 10):
+            yield b"\x00" * 65536
+
+    response = client.post(
+        "/v1/models/fraud/versions",
+        headers={**_auth(tokens["trainer"]), "Content-Type": "multipart/form-data; boundary=x"},
+        content=body(),
+    )
+    assert response.status_code == 413
+    assert response.json()["code"] == "artifact_too_large"
+    _assert_nothing_registered(client, settings)
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -96,6 +96,7 @@ def test_events_committed_while_no_publisher_runs_are_published_at_next_start(
 
 class _Recorder(ThreadingHTTPServer):
     calls: list[str]
+    status: int
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -104,9 +105,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.server.calls.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
+        body = b"" if self.server.status == 200 else b'{"error":"load failed"}'
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -116,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
 def fake_triton() -> Iterator[_Recorder]:
     """A loopback HTTP server that records Triton model control calls (a fake for this test)."""
     server = _Recorder(("127.0.0.1", 0), _Handler)
-    server.calls = []
+    server.calls, server.status = [], 200
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -145,3 +148,24 @@ def test_alias_changes_load_and_unload_models_in_triton(
         assert fake_triton.calls[-1] == "/v2/repository/models/fraud/unload"
         assert client.post("/v1/models/fraud/triton/sync", headers=op).status_code == 204
         assert fake_triton.calls[-1] == "/v2/repository/models/fraud/unload"
+
+
+def test_a_failing_triton_does_not_undo_the_alias_change(
+    settings: Settings, tokens: dict[str, str], fake_triton: _Recorder, make_onnx: Callable[..., bytes],
+    spec_json: Callable[..., str],
+) -> None:
+    settings = settings.model_copy(update={"triton_url": f"http://127.0.0.1:{fake_triton.server_address[1]}"})
+    fake_triton.status = 500
+    with TestClient(create_app(settings)) as client:
+        client.post("/v1/models/fraud/versions", headers=_auth(tokens["both"]),
+                    files={"artifact": ("m.onnx", make_onnx(), "application/octet-stream")},
+                    data={"metadata": spec_json()})
+        op = _auth(tokens["both"])
+        moved = client.put("/v1/models/fraud/aliases/champion", headers=op, json={"version": 1, "reason": "r"})
+        assert moved.status_code == 200  # the registry is the source of truth; Triton is repaired later
+        assert client.get("/v1/models/fraud/aliases/champion").json()["version"] == 1
+        assert "registry_triton_sync_failures_total" in client.get("/metrics").text
+        retry = client.post("/v1/models/fraud/triton/sync", headers=op)
+        assert retry.status_code == 502 and retry.json()["code"] == "triton_error"
+        fake_triton.status = 200
+        assert client.post("/v1/models/fraud/triton/sync", headers=op).status_code == 204
