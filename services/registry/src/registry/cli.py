@@ -38,7 +38,8 @@ class CliError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tributary-registry-cli", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="tributary-registry-cli",
+                                     description="List, show, promote and roll back registry models; manage tokens.")
     parser.add_argument("--url", default=os.environ.get("REGISTRY_URL", DEFAULT_URL),
                         help="registry base URL (env REGISTRY_URL)")
     parser.add_argument("--token", default=os.environ.get("REGISTRY_TOKEN"),

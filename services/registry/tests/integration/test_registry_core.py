@@ -376,3 +376,26 @@ def test_upload_is_read_in_chunks(service: RegistryService, trainer: Principal, 
                                        actor=trainer)
     assert version.size_bytes == len(data)
     assert json.loads(version.model_dump_json())["model_name"] == "fraud"
+
+
+def test_migrations_match_the_orm_and_downgrade_cleanly(database_url: str) -> None:
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from registry.db import Base, make_engine
+    from registry.migrations import alembic_config, upgrade_to_head
+    from sqlalchemy import inspect
+
+    upgrade_to_head(database_url)
+    upgrade_to_head(database_url)  # idempotent
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        command.downgrade(alembic_config(database_url), "base")
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+        upgrade_to_head(database_url)
+        assert {"models", "model_versions", "aliases", "alias_changes", "tokens", "outbox"} <= set(
+            inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
