@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     producer_config: dict[str, Any] = Field(default_factory=dict)
     """Extra librdkafka producer settings (JSON), merged over the durable defaults."""
 
-    delivery_timeout_s: float = Field(default=30.0, gt=0)
+    delivery_timeout_s: float = Field(default=10.0, gt=0)
     """How long the broker may take to acknowledge a record before the request fails with 503."""
 
     enqueue_timeout_s: float = Field(default=1.0, ge=0)
