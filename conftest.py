@@ -12,4 +12,4 @@ from __future__ import annotations
 # same name ("schemas") for the test folder's parent.
 import schemas  # noqa: F401
 
-pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.postgres"]
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.postgres", "tests.fixtures.redis", "tests.fixtures.triton"]

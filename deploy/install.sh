@@ -2,6 +2,7 @@
 # Installs everything Tributary needs on a Debian machine with Python 3.11+, Java 17+ and Maven:
 #   - Debian packages that are missing (Redis, PostgreSQL, ...), with apt-get when run as root
 #   - a virtual environment in .venv with every package of the workspace (uv, locked versions)
+#   - Triton Inference Server (CPU, from PyPI's nvidia-pytriton) in .tributary/triton/venv
 #   - the Kafka broker jars from Maven Central (deploy/kafka.sh fetch)
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
@@ -54,6 +55,21 @@ fi
 say "syncing .venv with uv.lock"
 UV_PYTHON="$python" "$uv" sync --locked --all-packages --quiet >&2 \
   || die "uv sync failed (if you changed a pyproject.toml, run: $uv lock)"
+
+# Triton Inference Server on CPU for tests, benchmarks and `deploy/tributary up`: the tritonserver
+# binary of PyPI's nvidia-pytriton, in its own environment (it pins numpy<2; the workspace does not).
+# Its Python backend runs the registry's ONNX files with this environment's onnxruntime (deploy/triton.py).
+triton_req="nvidia-pytriton==0.7.0 numpy==1.26.4 onnxruntime==1.31.1"
+triton_venv=".tributary/triton/venv"
+if [[ ! -f "$triton_venv/.installed" || "$(cat "$triton_venv/.installed")" != "$triton_req" ]]; then
+  say "installing Triton ($triton_req) into $triton_venv"
+  rm -rf "$triton_venv"
+  "$python" -m venv "$triton_venv"
+  # shellcheck disable=SC2086
+  "$triton_venv/bin/pip" install -q --disable-pip-version-check $triton_req >&2 \
+    || die "could not install $triton_req into $triton_venv"
+  echo "$triton_req" > "$triton_venv/.installed"
+fi
 
 "$here/kafka.sh" fetch
 say "done"

@@ -11,12 +11,20 @@ from schemas.dataset import DatasetSpec, DatasetSpecRegisteredV1, FeatureSpec, L
 from schemas.deadletter import DeadLetterV1, Problem
 from schemas.drift import DriftReportV1, FeatureDrift
 from schemas.envelope import Envelope, Event, event_class, event_types
-from schemas.inference import PredictionEventV1
+from schemas.inference import (
+    CanaryDecidedV1,
+    InferenceCompletedV1,
+    InferenceRequestedV1,
+    PredictionEventV1,
+    RouteEvidence,
+    TensorValue,
+)
 from schemas.ingest import FeatureEventV1, LabelEventV1
 from schemas.registry import ModelRegisteredV1, RolloutChangedV1, TensorSpec
 from schemas.training import OffsetRange, RetrainCommandV1, TrainingWindow
 
 __all__ = [
+    "CanaryDecidedV1",
     "DatasetSpec",
     "DatasetSpecRegisteredV1",
     "DeadLetterV1",
@@ -26,6 +34,8 @@ __all__ = [
     "FeatureDrift",
     "FeatureEventV1",
     "FeatureSpec",
+    "InferenceCompletedV1",
+    "InferenceRequestedV1",
     "LabelEventV1",
     "LabelSpec",
     "ModelRegisteredV1",
@@ -34,7 +44,9 @@ __all__ = [
     "Problem",
     "RetrainCommandV1",
     "RolloutChangedV1",
+    "RouteEvidence",
     "TensorSpec",
+    "TensorValue",
     "TrainingWindow",
     "event_class",
     "event_types",

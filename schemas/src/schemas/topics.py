@@ -14,7 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.dataset import DatasetSpecRegisteredV1
 from schemas.deadletter import DeadLetterV1
 from schemas.drift import DriftReportV1
-from schemas.inference import PredictionEventV1
+from schemas.inference import (
+    CanaryDecidedV1,
+    InferenceCompletedV1,
+    InferenceRequestedV1,
+    PredictionEventV1,
+)
 from schemas.ingest import FeatureEventV1, LabelEventV1
 from schemas.registry import ModelRegisteredV1, RolloutChangedV1
 from schemas.training import RetrainCommandV1
@@ -51,6 +56,9 @@ DRIFT_REPORTS = DriftReportV1.EVENT_TYPE
 RETRAIN_COMMANDS = RetrainCommandV1.EVENT_TYPE
 MODEL_REGISTERED = ModelRegisteredV1.EVENT_TYPE
 ROLLOUT_CHANGED = RolloutChangedV1.EVENT_TYPE
+INFERENCE_REQUESTS = InferenceRequestedV1.EVENT_TYPE
+INFERENCE_RESPONSES = InferenceCompletedV1.EVENT_TYPE
+CANARY_DECISIONS = CanaryDecidedV1.EVENT_TYPE
 
 
 def dlq(topic: str) -> str:
@@ -101,6 +109,19 @@ _MAIN: tuple[TopicSpec, ...] = (
         name=ROLLOUT_CHANGED, event_type=ROLLOUT_CHANGED, key="<model name>/<alias>", partitions=1,
         cleanup_policy="compact", retention_ms=-1, dead_letter=dlq(ROLLOUT_CHANGED),
         description="Alias moves (compacted: the last record per model and alias is the routing table).",
+    ),
+    TopicSpec(
+        name=INFERENCE_REQUESTS, event_type=INFERENCE_REQUESTS, key="entity id (request id when none)",
+        partitions=3, dead_letter=dlq(INFERENCE_REQUESTS),
+        description="Asynchronous prediction requests to the inference gateway.",
+    ),
+    TopicSpec(
+        name=INFERENCE_RESPONSES, event_type=INFERENCE_RESPONSES, key="entity id (request id when none)",
+        partitions=3, description=f"One answer per record of {INFERENCE_REQUESTS}, keyed like the request.",
+    ),
+    TopicSpec(
+        name=CANARY_DECISIONS, event_type=CANARY_DECISIONS, key="model name", partitions=1, retention_ms=-1,
+        description="Every decision of the automatic canary analysis, with its evidence (an audit trail).",
     ),
 )
 

@@ -1,0 +1,21 @@
+"""Run the gateway: ``python -m inference`` (settings from ``INFERENCE_*`` variables)."""
+
+from __future__ import annotations
+
+import uvicorn
+from tributary_kit.logs import configure_logging
+
+from inference.app import create_app
+from inference.settings import Settings
+
+
+def main() -> None:
+    """Read the settings from the environment and serve until stopped."""
+    settings = Settings()
+    configure_logging("inference", settings.log_level, json_lines=settings.log_json)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                access_log=False, timeout_graceful_shutdown=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The gateway application: ``create_app(settings)`` and the lifespan that owns every client.
+
+The lifespan connects Redis, Triton's gRPC pool, the fallback, Kafka; starts the rollout
+refresher and consumers (rollout topic, features, labels, requests), the shadow workers, the
+prediction publisher, the canary analysis and the gRPC server; and stops them in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from redis.asyncio import Redis
+from schemas.inference import CanaryDecidedV1, InferenceRequestedV1
+from schemas.ingest import FeatureEventV1, LabelEventV1
+from schemas.registry import RolloutChangedV1
+from schemas.topics import CATALOGUE
+from tributary_kit.admin import ensure_topics
+from tributary_kit.telemetry import build_tracer_provider
+
+from inference import __version__, api
+from inference.canary import CanaryAnalyzer, CanaryStats, LabelJoin, Policy
+from inference.consumer import RequestHandler
+from inference.errors import InferenceError
+from inference.fallback import OnnxFallback
+from inference.features import OnlineStore
+from inference.grpc_server import build_server
+from inference.kafka import EventConsumer, PredictionPublisher, build_consumer, build_producer, publish
+from inference.rollout import RolloutState
+from inference.service import InferenceService
+from inference.settings import Settings
+from inference.shadow import ShadowMirror
+from inference.triton import TritonBackend
+
+log = logging.getLogger(__name__)
+
+
+def policy_of(settings: Settings) -> Policy:
+    """The canary analysis policy from the settings."""
+    return Policy(steps=tuple(settings.canary_steps), min_requests=settings.canary_min_requests,
+                  min_requests_rollback=settings.canary_min_requests_rollback,
+                  max_error_rate_increase=settings.canary_max_error_rate_increase,
+                  max_p99_ratio=settings.canary_max_p99_ratio, p99_slack_ms=settings.canary_p99_slack_ms,
+                  max_divergence=settings.canary_max_divergence, min_compared=settings.canary_min_compared,
+                  max_accuracy_drop=settings.canary_max_accuracy_drop, min_labelled=settings.canary_min_labelled)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The gateway's HTTP app (the gRPC server runs inside its lifespan); nothing connects until then."""
+    provider = build_tracer_provider("inference", __version__, otlp_endpoint=settings.otlp_endpoint)
+    tracer = provider.get_tracer("inference")
+    fallback_root = settings.fallback_root()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.create_topics:
+            await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, CATALOGUE.values(),
+                                    timeout_s=settings.startup_timeout_s)
+        redis = Redis.from_url(settings.redis_url, socket_timeout=settings.backend_timeout_s,
+                               socket_connect_timeout=settings.backend_timeout_s)
+        producer = build_producer(settings)
+        backend = TritonBackend(settings.triton_grpc_url, connections=settings.triton_connections,
+                                timeout_s=settings.backend_timeout_s)
+        fallback = OnnxFallback(fallback_root) if fallback_root is not None else None
+        stop = asyncio.Event()
+        tasks: list[asyncio.Task[None]] = []
+        consumers: list[EventConsumer[Any]] = []
+        grpc_server = None
+
+        def spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
+            tasks.append(asyncio.create_task(coro, name=name))
+
+        async def publish_rollouts(events: list[RolloutChangedV1]) -> None:
+            await publish(producer, [(settings.rollout_topic, f"{e.model_name}/{e.alias}", e) for e in events])
+
+        async def publish_decision(decision: CanaryDecidedV1) -> None:
+            await publish(producer, [(settings.canary_decisions_topic, decision.model_name, decision)])
+
+        predictions = PredictionPublisher(producer, settings.predictions_topic,
+                                          queue_size=settings.prediction_queue_size)
+        try:
+            rollout = RolloutState(redis, prefix=settings.redis_prefix, publish=publish_rollouts)
+            await asyncio.wait_for(rollout.refresh(), settings.startup_timeout_s)
+            stats = CanaryStats()
+            labels = LabelJoin(stats, settings.label_join_capacity)
+            store = OnlineStore(redis, prefix=settings.redis_prefix, ttl_s=settings.feature_ttl_s)
+            service: InferenceService
+            mirror = ShadowMirror(lambda m, v, i, o: service.run_mirror(m, v, i, o),
+                                  lambda job, out, ms, diff: service.on_mirrored(job, out, ms, diff),
+                                  queue_size=settings.shadow_queue_size, workers=settings.shadow_workers)
+            service = InferenceService(
+                rollout=rollout, backend=backend, fallback=fallback, mirror=mirror, predictions=predictions,
+                stats=stats, labels=labels, store=store, timeout_s=settings.backend_timeout_s,
+                max_inflight=settings.max_inflight, compare_canary=settings.compare_canary,
+                model_features=settings.model_features, model_datasets=settings.model_datasets, tracer=tracer)
+            analyzer = CanaryAnalyzer(rollout, stats, policy_of(settings), publish=publish_decision,
+                                      interval_s=settings.canary_interval_s)
+            predictions.start()
+            mirror.start()
+            spawn(rollout.run(settings.rollout_refresh_s, stop), "inference-rollout-refresh")
+            if settings.consume_rollouts:
+                consumers.append(EventConsumer(
+                    build_consumer(settings, group_id=None, client_id="inference-rollout"),
+                    topic=settings.rollout_topic, payload_type=RolloutChangedV1, handle=rollout.on_events,
+                    producer=producer, replay=True, name="rollout"))
+            if settings.consume_features:
+                consumers.append(EventConsumer(
+                    build_consumer(settings, group_id=settings.features_group_id, client_id="inference-features"),
+                    topic=settings.features_topic, payload_type=FeatureEventV1, handle=store.on_events,
+                    producer=producer, replay=False, name="features"))
+            if settings.join_labels:
+                # Every replica joins the labels of its own predictions, so each has its own group,
+                # starting at the end: older labels belong to predictions this replica never made.
+                consumers.append(EventConsumer(
+                    build_consumer(settings, group_id=f"inference-labels-{uuid.uuid4()}", client_id="inference-labels",
+                                   start="latest"),
+                    topic=settings.labels_topic, payload_type=LabelEventV1, handle=labels.on_labels,
+                    producer=producer, replay=False, name="labels"))
+            if settings.consume_requests:
+                consumers.append(EventConsumer(
+                    build_consumer(settings, group_id=settings.requests_group_id, client_id="inference-requests"),
+                    topic=settings.request_topic, payload_type=InferenceRequestedV1,
+                    handle=RequestHandler(service, producer, response_topic=settings.response_topic, tracer=tracer),
+                    producer=producer, replay=False, name="requests", batch_size=64))
+            for c in consumers:
+                spawn(c.run(), f"inference-consumer-{c.name}")
+            if settings.canary_analysis:
+                spawn(analyzer.run(stop), "inference-canary-analysis")
+            if settings.grpc_port is not None:
+                grpc_server = build_server(service, host=settings.host, port=settings.grpc_port)
+                await grpc_server.start()
+            app.state.settings = settings
+            app.state.service = service
+            app.state.analyzer = analyzer
+            app.state.consumers = {c.name: c for c in consumers}
+            app.state.predictions = predictions
+            log.info("inference gateway ready", extra={"triton": settings.triton_grpc_url,
+                                                       "grpc_port": settings.grpc_port})
+            yield
+        finally:
+            stop.set()
+            if grpc_server is not None:
+                await grpc_server.stop(5)
+            for c in consumers:
+                c.stop()
+            for t in tasks:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(t, timeout=10)
+            with contextlib.suppress(NameError):
+                await mirror.stop()
+            await predictions.stop()
+            await backend.close()
+            if fallback is not None:
+                await fallback.close()
+            await asyncio.to_thread(producer.close, 10)
+            await redis.aclose()
+            provider.shutdown()
+
+    app = FastAPI(title="Tributary inference gateway", version=__version__, lifespan=lifespan,
+                  description="KServe v2 REST and gRPC in front of Triton, with canary, shadow and sticky routing, "
+                              "online features and automatic canary analysis.")
+    app.include_router(api.router)
+    app.add_exception_handler(InferenceError, api.on_inference_error)
+    app.add_exception_handler(RequestValidationError, _on_invalid_request)
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider,
+                                       excluded_urls="healthz,readyz,metrics,v2/health/live,v2/health/ready")
+    return app
+
+
+async def _on_invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [{"field": ".".join(str(p) for p in e["loc"][1:]), "message": e["msg"]} for e in exc.errors()]
+    message = "; ".join(f"{p['field'] or 'body'}: {p['message']}" for p in problems[:10])
+    return JSONResponse({"error": message, "code": "invalid_request", "problems": problems}, status_code=422)

@@ -1,0 +1,77 @@
+"""Asynchronous inference over Kafka: requests from the request topic, answers to the response topic.
+
+Each request goes through the same core as REST and gRPC (:class:`InferenceService`), so its
+``entity_id`` routes it exactly like a REST call with the same key. Requests that fail get an
+answer with the error and the HTTP status a REST caller would have seen; the answer is keyed
+like the request. Offsets are stored only after the broker acknowledged the answers (at least
+once: a crash may answer a request twice, with the same ``request_id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+from opentelemetry import trace
+from schemas.envelope import Envelope
+from schemas.inference import InferenceCompletedV1, InferenceRequestedV1, TensorValue
+from tributary_kit.producer import AsyncProducer
+from tributary_kit.telemetry import context_from
+
+from inference import metrics
+from inference.errors import InferenceError, http_status
+from inference.kafka import publish
+from inference.service import InferenceService, InferRequest, PredictRequest
+from inference.tensors import Tensor, from_values, to_list
+
+
+class RequestHandler:
+    """Answers a batch of Kafka inference requests (concurrently) and publishes the answers."""
+
+    def __init__(self, service: InferenceService, producer: AsyncProducer, *, response_topic: str,
+                 tracer: trace.Tracer) -> None:
+        self.service = service
+        self.producer = producer
+        self.response_topic = response_topic
+        self.tracer = tracer
+
+    async def __call__(self, envelopes: list[Envelope[InferenceRequestedV1]]) -> None:
+        """Answer every request of the batch; raises (to be retried) only when publishing fails."""
+        answers = await asyncio.gather(*(self.answer(e) for e in envelopes))
+        await publish(self.producer, [(self.response_topic, a.entity_id or a.request_id, a) for a in answers])
+
+    async def answer(self, envelope: Envelope[InferenceRequestedV1]) -> InferenceCompletedV1:
+        """The answer to one request (an error answer when the request fails)."""
+        req = envelope.payload
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span("inference.kafka-request", context=context_from(envelope.traceparent)):
+            try:
+                if req.inputs:
+                    inputs = [from_values(t.name, t.datatype, t.shape, t.data) for t in req.inputs]
+                    result = await self.service.infer(InferRequest(
+                        model=req.model_name, inputs=inputs, entity=req.entity_id, request_id=req.request_id,
+                        dataset=req.dataset, protocol="kafka"))
+                else:
+                    if req.entity_id is None:
+                        raise InferenceError("a request without inputs needs an entity_id to read its features")
+                    result = (await self.service.predict(PredictRequest(
+                        model=req.model_name, entity=req.entity_id, features=dict(req.features), dataset=req.dataset,
+                        request_id=req.request_id))).result
+            except InferenceError as exc:
+                metrics.ASYNC_REQUESTS.labels("error").inc()
+                return InferenceCompletedV1(request_id=req.request_id, model_name=req.model_name,
+                                            entity_id=req.entity_id, error=str(exc), status=http_status(exc),
+                                            latency_ms=(time.perf_counter() - started) * 1000,
+                                            completed_at=datetime.now(UTC))
+        metrics.ASYNC_REQUESTS.labels("ok").inc()
+        return InferenceCompletedV1(request_id=req.request_id, model_name=req.model_name,
+                                    model_version=result.version, route=result.route, entity_id=req.entity_id,
+                                    outputs=[_value(t) for t in result.outputs], latency_ms=result.latency_ms,
+                                    completed_at=datetime.now(UTC))
+
+
+def _value(t: Tensor) -> TensorValue:
+    data = to_list(t) if t.datatype != "FP16" else t.array.astype(np.float32).reshape(-1).tolist()
+    return TensorValue.model_validate({"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": data})

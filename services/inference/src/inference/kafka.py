@@ -1,0 +1,269 @@
+"""Kafka for the gateway; the only module where event bytes exist.
+
+The producer, event bytes, an at-least-once consumer loop, and the background publisher of
+prediction events.
+
+Consumers come in two kinds. *Replaying* consumers (the rollout topic) read every partition from
+the beginning at each start, with no consumer group, so a new replica rebuilds its whole state;
+their handlers are idempotent. *Group* consumers (features, labels, requests) share the work
+between replicas and store an offset only after the record was handled or dead-lettered, so a
+crash redelivers (at least once). Records that can never be handled go to ``<topic>.dlq``; a
+handler's transient failure (Redis down) is retried after a pause, never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from schemas.envelope import Envelope, Event
+from schemas.inference import PredictionEventV1
+from schemas.topics import dlq
+from tributary_kit.codec import PoisonMessage, decode, encode, encode_event
+from tributary_kit.deadletter import dead_letter
+from tributary_kit.producer import AsyncProducer, ProducerError, Record
+from tributary_kit.telemetry import current_traceparent
+
+from inference import metrics
+from inference.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SOURCE = "inference"
+P = TypeVar("P", bound=Event)
+
+
+def build_producer(settings: Settings) -> AsyncProducer:
+    """The idempotent, acks=all producer of every event the gateway publishes."""
+    config = {"bootstrap.servers": settings.kafka_bootstrap, "client.id": "inference",
+              "message.timeout.ms": 10_000, **settings.producer_config}
+    return AsyncProducer(config, enqueue_timeout_s=0.05)
+
+
+def build_consumer(settings: Settings, *, group_id: str | None, client_id: str,
+                   start: Literal["earliest", "latest"] = "earliest") -> Consumer:
+    """A consumer; ``group_id=None`` makes a replaying consumer (assigned partitions, no commits).
+
+    ``start`` is where a group without committed offsets begins.
+    """
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": client_id,
+        "auto.offset.reset": start,
+        "enable.partition.eof": False,
+    }
+    if group_id is None:
+        config |= {"group.id": f"inference-replay-{uuid.uuid4()}", "enable.auto.commit": False}
+    else:
+        # Offsets are stored by hand after each record is handled; librdkafka commits stored ones.
+        config |= {"group.id": group_id + settings.group_suffix, "enable.auto.commit": True,
+                   "enable.auto.offset.store": False}
+    return Consumer(config)
+
+
+def event_bytes(payload: Event) -> bytes:
+    """The wire form of ``payload`` in a new envelope from this service, with the current trace."""
+    return encode_event(payload, event_id=str(uuid.uuid4()), source=SOURCE, occurred_at=datetime.now(UTC),
+                        traceparent=current_traceparent())
+
+
+async def publish(producer: AsyncProducer, records: list[tuple[str, str, Event]]) -> None:
+    """Send ``(topic, key, payload)`` records and wait for the broker.
+
+    Raises:
+        ProducerError: the local queue is full or the broker refused a record.
+
+    """
+    deliveries = await producer.send_many([Record(t, event_bytes(p), k) for t, k, p in records])
+    failed = [d for d in deliveries if not d.ok]
+    if failed:
+        raise ProducerError(f"{len(failed)} of {len(records)} records refused: {failed[0].error}")
+
+
+Handler = Callable[[list[Envelope[P]]], Awaitable[None]]
+
+
+class EventConsumer(Generic[P]):
+    """Reads one topic in batches and hands the decoded envelopes to ``handle``.
+
+    Args:
+        consumer: from :func:`build_consumer`.
+        topic: the topic to read.
+        payload_type: the event class every record must hold.
+        handle: called with each batch of valid envelopes; idempotent; may raise to be retried.
+        producer: for dead letters.
+        replay: read every partition from the start without a group (see the module docstring).
+        name: for logs.
+
+    """
+
+    def __init__(self, consumer: Consumer, *, topic: str, payload_type: type[P], handle: Handler[P],
+                 producer: AsyncProducer, replay: bool, name: str, batch_size: int = 500,
+                 retry_backoff_s: float = 0.5) -> None:
+        self._consumer = consumer
+        self.topic = topic
+        self._type = payload_type
+        self._handle = handle
+        self._producer = producer
+        self._replay = replay
+        self.name = name
+        self._batch_size = batch_size
+        self._backoff = retry_backoff_s
+        self._stopping = asyncio.Event()
+        self.caught_up = asyncio.Event()
+        """Set once every record present at start-up was handled (replaying consumers)."""
+        self._targets: dict[int, int] = {}
+
+    def stop(self) -> None:
+        """Finish the current batch and stop."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; the consumer is closed on the way out."""
+        try:
+            await asyncio.to_thread(self._start)
+            while not self._stopping.is_set():
+                messages = await asyncio.to_thread(self._consumer.consume, self._batch_size, 0.2)
+                usable = [m for m in messages if self._usable(m)]
+                if usable:
+                    await self._batch(usable)
+                self._check_caught_up(usable)
+        finally:
+            await asyncio.to_thread(self._consumer.close)
+
+    def _start(self) -> None:
+        if not self._replay:
+            self._consumer.subscribe([self.topic])
+            self.caught_up.set()
+            return
+        meta = self._consumer.list_topics(self.topic, timeout=10).topics[self.topic]
+        if meta.error is not None:
+            raise KafkaException(meta.error)
+        partitions = sorted(meta.partitions)
+        for p in partitions:
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            if high > low:
+                self._targets[p] = high
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+        if not self._targets:
+            self.caught_up.set()
+
+    def _check_caught_up(self, handled: list[Message]) -> None:
+        if self.caught_up.is_set():
+            return
+        for m in handled:
+            p, o = m.partition(), m.offset()
+            if p is not None and o is not None and p in self._targets and o + 1 >= self._targets[p]:
+                del self._targets[p]
+        if not self._targets:
+            log.info("consumer caught up", extra={"consumer": self.name, "topic": self.topic})
+            self.caught_up.set()
+
+    def _usable(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error", extra={"consumer": self.name, "error": err.str()})
+        return False
+
+    async def _batch(self, messages: list[Message]) -> None:
+        envelopes: list[Envelope[P]] = []
+        for msg in messages:
+            try:
+                envelopes.append(decode(msg.value(), self._type))
+            except PoisonMessage as exc:
+                await self._dead_letter(msg, str(exc))
+        while envelopes and not self._stopping.is_set():
+            try:
+                await self._handle(envelopes)
+                break
+            except Exception:  # transient (Redis, broker): retry the same batch, never skip it
+                log.exception("handler failed; retrying the batch", extra={"consumer": self.name})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._backoff)
+        else:
+            if envelopes:
+                return  # stopping before the batch was handled: offsets not stored, redelivered
+        if not self._replay:
+            for msg in messages:
+                try:
+                    self._consumer.store_offsets(msg)
+                except KafkaException as exc:  # partition revoked meanwhile: the new owner re-reads
+                    log.warning("offset not stored", extra={"consumer": self.name, "reason": str(exc)})
+
+    async def _dead_letter(self, msg: Message, reason: str) -> None:
+        key = msg.key()
+        record = dead_letter(origin="kafka", topic=self.topic, reason=reason, payload=msg.value() or b"",
+                             source=SOURCE, partition=msg.partition(), offset=msg.offset(),
+                             key=key.decode("utf-8", errors="replace") if isinstance(key, bytes) else key)
+        target = dlq(self.topic)
+        while not self._stopping.is_set():
+            try:
+                delivery = await self._producer.send(target, encode(record), key)
+                if delivery.ok:
+                    metrics.DEAD_LETTERS.labels(target).inc()
+                    return
+                log.warning("dead letter refused; retrying", extra={"topic": target, "error": delivery.error})
+            except ProducerError as exc:
+                log.warning("dead letter not sent; retrying", extra={"topic": target, "error": str(exc)})
+            await asyncio.sleep(self._backoff)
+
+
+class PredictionPublisher:
+    """Publishes prediction events in the background, so no request waits for the broker.
+
+    Events go through a bounded queue; when it is full the event is dropped and counted
+    (``inference_prediction_events_total{outcome="dropped"}``) rather than slowing callers.
+    """
+
+    def __init__(self, producer: AsyncProducer, topic: str, *, queue_size: int, batch_size: int = 500) -> None:
+        self._producer = producer
+        self.topic = topic
+        self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=queue_size)
+        self._batch_size = batch_size
+        self._task: asyncio.Task[None] | None = None
+
+    def offer(self, event: PredictionEventV1) -> bool:
+        """Queue ``event``; False (and counted) when the queue is full."""
+        key = event.entity_id or event.request_id
+        try:
+            self._queue.put_nowait(Record(self.topic, event_bytes(event), key))
+        except asyncio.QueueFull:
+            metrics.PREDICTION_EVENTS.labels("dropped").inc()
+            return False
+        return True
+
+    def start(self) -> None:
+        """Start draining the queue."""
+        self._task = asyncio.create_task(self._drain(), name="inference-prediction-publisher")
+
+    async def _drain(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                deliveries = await self._producer.send_many(batch)
+                ok = sum(1 for d in deliveries if d.ok)
+                metrics.PREDICTION_EVENTS.labels("published").inc(ok)
+                metrics.PREDICTION_EVENTS.labels("failed").inc(len(batch) - ok)
+            except ProducerError as exc:
+                metrics.PREDICTION_EVENTS.labels("failed").inc(len(batch))
+                log.warning("prediction events not published", extra={"count": len(batch), "error": str(exc)})
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Publish what is queued (up to ``timeout_s``), then stop."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self._queue.empty() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

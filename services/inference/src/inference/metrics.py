@@ -1,0 +1,70 @@
+"""Prometheus metrics of the inference gateway, defined once per process."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5,
+                    1, 2.5, 5)
+
+REQUESTS = Counter(
+    "inference_requests_total",
+    "Inference requests by protocol (rest|grpc|predict|kafka), model, version, route and status.",
+    ["protocol", "model", "version", "route", "status"],
+)
+LATENCY = Histogram(
+    "inference_request_seconds",
+    "Time from a request's arrival in the core to its answer, by model, version and route "
+    "(champion|canary|pinned).",
+    ["model", "version", "route"],
+    buckets=_LATENCY_BUCKETS,
+)
+BACKEND_SECONDS = Histogram(
+    "inference_backend_seconds",
+    "Time of one backend call by backend (triton|onnxruntime), model and version.",
+    ["backend", "model", "version"],
+    buckets=_LATENCY_BUCKETS,
+)
+FALLBACKS = Counter("inference_fallback_total", "Requests answered by the onnxruntime fallback, by model.", ["model"])
+SHED = Counter("inference_shed_total", "Requests refused with 429, by reason (inflight|backend_queue).", ["reason"])
+INFLIGHT = Gauge("inference_inflight", "Requests being served right now.")
+SHADOW_DROPPED = Counter(
+    "inference_shadow_dropped_total",
+    "Shadow or comparison calls dropped because the shadow queue was full, by model and kind (shadow|compare).",
+    ["model", "kind"],
+)
+SHADOW_CALLS = Counter(
+    "inference_shadow_calls_total", "Shadow or comparison calls run, by model, kind and outcome (ok|error).",
+    ["model", "kind", "outcome"],
+)
+SHADOW_QUEUE = Gauge("inference_shadow_queue", "Shadow or comparison calls waiting.")
+DIVERGENCE = Histogram(
+    "inference_divergence",
+    "Mean absolute difference between a mirrored version's outputs and the answer's, by model and kind "
+    "(shadow: shadow vs served version; compare: champion vs canary).",
+    ["model", "kind"],
+    buckets=(0, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 10),
+)
+PREDICTION_EVENTS = Counter(
+    "inference_prediction_events_total",
+    "Prediction events by outcome (published|dropped: queue full|failed: broker refused).",
+    ["outcome"],
+)
+ROLLOUT_CHANGES = Counter(
+    "inference_rollout_changes_total", "Rollout changes applied to Redis, by origin (topic|operator|analysis).",
+    ["origin"],
+)
+ROLLOUT_REFRESH_FAILURES = Counter(
+    "inference_rollout_refresh_failures_total", "Failed reads of the rollout state (the last good one is kept)."
+)
+CANARY_DECISIONS = Counter("inference_canary_decisions_total", "Canary analysis decisions by model and action.",
+                           ["model", "action"])
+CANARY_WEIGHT = Gauge("inference_canary_weight", "Current canary weight by model.", ["model"])
+FEATURE_READS = Counter("inference_feature_reads_total", "Online store reads by outcome (hit|miss|error).",
+                        ["outcome"])
+FEATURE_WRITES = Counter("inference_feature_writes_total", "Feature events applied to the online store by outcome "
+                         "(written|stale).", ["outcome"])
+ASYNC_REQUESTS = Counter("inference_async_requests_total", "Kafka inference requests by outcome (ok|error).",
+                         ["outcome"])
+DEAD_LETTERS = Counter("inference_dead_letters_total", "Records dead-lettered, by dead-letter topic.", ["topic"])
+LABELS_JOINED = Counter("inference_labels_joined_total", "Label events by outcome (joined|unmatched).", ["outcome"])

@@ -1,0 +1,256 @@
+"""Rollout state: which versions of each model serve, shared by every replica through Redis.
+
+Redis holds one hash per model (``<prefix>rollout:<model>``: ``champion``, ``canary``,
+``canary_weight``, ``shadow``, each alias's ``<alias>_at`` change time and a ``revision``) and
+the set of models. Three writers change it, all through one Lua script so each change is atomic:
+
+* the rollout topic (``registry.rollout-changed.v1``, compacted): every replica replays it from
+  the start at each start-up, so an empty Redis is rebuilt from it. An event is applied only
+  when it is newer than what the alias holds (``changed_at``), so replaying old history never
+  undoes a later change;
+* the operator API and the canary analysis, which compare-and-set on ``revision`` and publish
+  their change back to the topic, so the topic stays the complete history.
+
+Requests never wait for Redis: each replica serves from an in-memory copy it refreshes every
+``rollout_refresh_s``. When Redis is unreachable it keeps the last good copy (and counts).
+A version change is a new copy: requests already running finish on the version they started
+with, new ones take the new route, and none is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from schemas.envelope import Envelope
+from schemas.registry import Alias, RolloutChangedV1
+
+from inference import metrics
+from inference.errors import InvalidInput, ModelNotFound, RolloutConflict
+from inference.routing import ModelRoute
+
+log = logging.getLogger(__name__)
+
+ALIASES: tuple[Alias, ...] = ("champion", "canary", "shadow")
+
+# KEYS: hash, models set. ARGV: model, expected revision ('' = any), changed_at (µs), changed_by,
+# then (alias, version ('' = none), weight) triples. Returns the new revision, 0 when every
+# alias already holds a newer change, -1 when the expected revision does not match.
+_APPLY = """
+if ARGV[2] ~= '' then
+  local rev = redis.call('HGET', KEYS[1], 'revision') or '0'
+  if rev ~= ARGV[2] then return -1 end
+end
+local at = tonumber(ARGV[3])
+local applied = 0
+for i = 5, #ARGV, 3 do
+  local alias = ARGV[i]
+  local current = redis.call('HGET', KEYS[1], alias .. '_at')
+  if (not current) or tonumber(current) < at then
+    redis.call('HSET', KEYS[1], alias, ARGV[i + 1], alias .. '_at', ARGV[3], alias .. '_by', ARGV[4])
+    if alias == 'canary' then redis.call('HSET', KEYS[1], 'canary_weight', ARGV[i + 2]) end
+    applied = applied + 1
+  end
+end
+if applied == 0 then return 0 end
+redis.call('SADD', KEYS[2], ARGV[1])
+return redis.call('HINCRBY', KEYS[1], 'revision', 1)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AliasChange:
+    """Point ``alias`` at ``version`` (None: remove it); ``weight`` only for the canary."""
+
+    alias: Alias
+    version: int | None
+    weight: float | None = None
+
+    def checked(self) -> AliasChange:
+        """The change, with a canary weight in [0, 1] (0 when the canary is removed).
+
+        Raises:
+            InvalidInput: a weight on champion or shadow, or out of range.
+
+        """
+        if self.version is not None and self.version < 1:
+            raise InvalidInput(f"version must be 1 or more, not {self.version}")
+        if self.alias != "canary":
+            if self.weight is not None:
+                raise InvalidInput(f"only the canary takes a weight; {self.alias} gets all or mirrored traffic")
+            return self
+        weight = 0.0 if self.version is None else self.weight
+        if weight is None or not 0 <= weight <= 1:
+            raise InvalidInput("a canary needs a weight between 0 and 1 (0.05 sends 5% of entities to it)")
+        return AliasChange(self.alias, self.version, weight)
+
+
+Publish = Callable[[list[RolloutChangedV1]], Awaitable[None]]
+
+
+class RolloutState:
+    """The rollout table: Redis as the shared truth, an in-memory copy for requests.
+
+    Args:
+        redis: the shared Redis.
+        prefix: key prefix.
+        publish: sends this replica's own changes to the rollout topic.
+
+    """
+
+    def __init__(self, redis: Redis, *, prefix: str, publish: Publish | None = None) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._publish = publish
+        self._apply = redis.register_script(_APPLY)
+        self._table: dict[str, ModelRoute] = {}
+        self.loaded = False
+        """True once the table was read from Redis at least once."""
+
+    def _key(self, model: str) -> str:
+        return f"{self._prefix}rollout:{model}"
+
+    @property
+    def _models_key(self) -> str:
+        return f"{self._prefix}rollout:models"
+
+    @property
+    def table(self) -> dict[str, ModelRoute]:
+        """The in-memory copy (replaced, never mutated, on refresh)."""
+        return self._table
+
+    def route(self, model: str) -> ModelRoute:
+        """The rollout of ``model``.
+
+        Raises:
+            ModelNotFound: no rollout exists for it.
+
+        """
+        found = self._table.get(model)
+        if found is None:
+            raise ModelNotFound(f"model {model!r} has no rollout on this gateway; register it and point its "
+                                "champion alias at a version (registry or PUT /v1/rollout/{model})")
+        return found
+
+    async def refresh(self) -> dict[str, ModelRoute]:
+        """Re-read every model's rollout from Redis into the in-memory copy.
+
+        Raises:
+            RedisError: Redis did not answer (the previous copy stays).
+
+        """
+        models = sorted(m.decode() if isinstance(m, bytes) else m
+                        for m in await self._redis.smembers(self._models_key))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for m in models:
+                pipe.hgetall(self._key(m))
+            rows = await pipe.execute()
+        table = {m: _route(m, row) for m, row in zip(models, rows, strict=True)}
+        self._table = table
+        self.loaded = True
+        for m, r in table.items():
+            metrics.CANARY_WEIGHT.labels(m).set(r.canary_weight if r.canary is not None else 0)
+        return table
+
+    async def run(self, interval_s: float, stop: asyncio.Event) -> None:
+        """Refresh every ``interval_s`` until ``stop`` is set; failures keep the last good copy."""
+        while not stop.is_set():
+            try:
+                await self.refresh()
+            except (RedisError, OSError) as exc:
+                metrics.ROLLOUT_REFRESH_FAILURES.inc()
+                log.warning("rollout refresh failed; serving the last known routes", extra={"error": str(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
+
+    async def apply(self, model: str, changes: Sequence[AliasChange], *, changed_at: datetime, changed_by: str,
+                    expected_revision: int | None = None) -> int:
+        """Apply ``changes`` atomically; the new revision, or 0 when all were older than what Redis holds.
+
+        Raises:
+            RolloutConflict: ``expected_revision`` is not the current revision.
+
+        """
+        args: list[str | int | float] = [model, "" if expected_revision is None else str(expected_revision),
+                                         _micros(changed_at), changed_by]
+        for c in changes:
+            c = c.checked()
+            args += [c.alias, "" if c.version is None else str(c.version), "" if c.weight is None else c.weight]
+        revision = int(await self._apply(keys=[self._key(model), self._models_key], args=args))
+        if revision == -1:
+            raise RolloutConflict(f"the rollout of {model!r} changed since revision {expected_revision}; "
+                                  "read it again (GET /v1/rollout/{model}) and retry")
+        return revision
+
+    async def change(self, model: str, changes: Sequence[AliasChange], *, changed_by: str, reason: str,
+                     origin: str, expected_revision: int | None = None) -> ModelRoute:
+        """Change the rollout now (this replica's own change) and publish it to the rollout topic.
+
+        Returns:
+            The model's rollout after the change.
+
+        Raises:
+            RolloutConflict, InvalidInput.
+
+        """
+        checked = [c.checked() for c in changes]
+        now = datetime.now(UTC)
+        before = self._table.get(model, ModelRoute(model))
+        revision = await self.apply(model, checked, changed_at=now, changed_by=changed_by,
+                                    expected_revision=expected_revision)
+        metrics.ROLLOUT_CHANGES.labels(origin).inc()
+        await self.refresh()
+        if self._publish is not None and revision > 0:
+            events = [RolloutChangedV1(model_name=model, alias=c.alias, version=c.version,
+                                       previous_version=getattr(before, c.alias),
+                                       weight=c.weight if c.alias == "canary" and c.version is not None else None,
+                                       changed_by=changed_by, reason=reason, changed_at=now) for c in checked]
+            try:
+                await self._publish(events)
+            except Exception:
+                # Redis already serves the change; only the topic's history misses it (logged loudly).
+                log.exception("rollout change applied but not published", extra={"model": model})
+        return self.route(model)
+
+    async def on_events(self, envelopes: list[Envelope[RolloutChangedV1]]) -> None:
+        """Apply rollout events from the topic (idempotent: older or repeated events change nothing)."""
+        for env in envelopes:
+            e = env.payload
+            weight = (e.weight or 0.0) if e.alias == "canary" else None
+            change = AliasChange(e.alias, e.version, weight)
+            try:
+                change = change.checked()
+            except InvalidInput as exc:
+                log.warning("rollout event ignored", extra={"model": e.model_name, "reason": str(exc)})
+                continue
+            revision = await self.apply(e.model_name, [change], changed_at=e.changed_at, changed_by=e.changed_by)
+            if revision > 0:
+                metrics.ROLLOUT_CHANGES.labels("topic").inc()
+                log.info("rollout changed", extra={"model": e.model_name, "alias": e.alias, "version": e.version,
+                                                   "weight": change.weight, "by": e.changed_by})
+        await self.refresh()
+
+
+def _micros(at: datetime) -> int:
+    return int(at.timestamp() * 1_000_000)
+
+
+def _route(model: str, row: dict[bytes, bytes]) -> ModelRoute:
+    def text(name: str) -> str:
+        value = row.get(name.encode(), b"")
+        return value.decode()
+
+    def version(name: str) -> int | None:
+        raw = text(name)
+        return int(raw) if raw else None
+
+    weight = text("canary_weight")
+    return ModelRoute(model=model, champion=version("champion"), canary=version("canary"),
+                      canary_weight=float(weight) if weight else 0.0, shadow=version("shadow"),
+                      revision=int(text("revision") or 0))

@@ -1,0 +1,473 @@
+"""The transport-agnostic core: one prediction from routing to feedback.
+
+REST, gRPC and the Kafka request consumer all call :meth:`InferenceService.infer` (raw v2
+tensors) or :meth:`InferenceService.predict` (named features merged with the online store).
+The core picks the version (sticky canary routing on the caller's key), checks the inputs
+against the version's signature, runs it on Triton within the deadline (or on the onnxruntime
+fallback when Triton is unreachable and the fallback is on), and then, without making the caller
+wait: mirrors to the shadow version, compares canary answers with the champion's, records the
+canary evidence, and queues a ``PredictionEventV1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from opentelemetry import trace
+from schemas.inference import PredictionEventV1
+
+from inference import metrics
+from inference.canary import CanaryStats, LabelJoin
+from inference.errors import (
+    BackendFailed,
+    BackendTimeout,
+    BackendUnavailable,
+    InferenceError,
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+    http_status,
+)
+from inference.features import OnlineStore
+from inference.rollout import RolloutState
+from inference.routing import ModelRoute, Route, choose
+from inference.shadow import MirrorJob, ShadowMirror
+from inference.tensors import NUMPY, Signature, Tensor, check_against
+
+log = logging.getLogger(__name__)
+
+Scalar = float | int | str | None
+
+
+class Backend(Protocol):
+    """Runs model versions: Triton (:mod:`inference.triton`) or onnxruntime (:mod:`inference.fallback`)."""
+
+    name: str
+
+    async def infer(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None, *,
+                    timeout_s: float, request_id: str = "") -> list[Tensor]:
+        """Run one version on ``inputs``."""
+        ...
+
+    async def signature(self, model: str, version: int) -> Signature:
+        """Inputs and outputs of one version."""
+        ...
+
+    async def ready(self) -> bool:
+        """Whether the backend serves."""
+        ...
+
+    async def model_ready(self, model: str, version: int) -> bool:
+        """Whether one version is ready."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class PredictionSink(Protocol):
+    """Where prediction events go (:class:`inference.kafka.PredictionPublisher`)."""
+
+    def offer(self, event: PredictionEventV1) -> bool:
+        """Queue one event without waiting."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """One request in the core's terms, whatever the transport."""
+
+    model: str
+    inputs: list[Tensor]
+    outputs: list[str] | None = None
+    entity: str | None = None
+    """The stickiness key (a business key such as a customer id); the request id when None."""
+    version: int | None = None
+    """A version the caller pins; it must be one of the rollout's versions."""
+    request_id: str = ""
+    dataset: str | None = None
+    features: dict[str, Scalar] = field(default_factory=dict)
+    protocol: str = "rest"
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    """The answer: which version and route produced which outputs, and how."""
+
+    model: str
+    version: int
+    route: Route
+    outputs: list[Tensor]
+    request_id: str
+    backend: str
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class PredictRequest:
+    """``POST /v1/predict``: named features for an entity."""
+
+    model: str
+    entity: str
+    features: dict[str, Scalar]
+    dataset: str | None = None
+    version: int | None = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PredictResult:
+    """The answer of :meth:`InferenceService.predict`, with where each feature came from."""
+
+    result: InferResult
+    prediction: Scalar
+    from_request: list[str]
+    from_store: list[str]
+    store_available: bool
+
+
+class InferenceService:
+    """Runs predictions; knows nothing about HTTP, gRPC or Kafka.
+
+    Args:
+        rollout: the routing table.
+        backend: Triton.
+        fallback: the in-process backend used when Triton is unreachable, or None (503 instead).
+        mirror: the shadow and comparison queue.
+        predictions: where prediction events go.
+        stats: canary evidence.
+        labels: the label join (remembers predictions by entity).
+        store: the online feature store.
+        timeout_s: deadline of each backend call.
+        max_inflight: requests served at once before shedding with 429.
+        compare_canary: mirror canary-served requests to the champion for divergence.
+        model_features: feature names in input order per model (see the settings).
+        model_datasets: dataset of each model's online features.
+        breaker_s: after Triton was found unreachable, skip it for this long (fallback or fast 503).
+        tracer: OpenTelemetry tracer.
+        clock: monotonic seconds (tests).
+
+    """
+
+    def __init__(self, *, rollout: RolloutState, backend: Backend, fallback: Backend | None, mirror: ShadowMirror,
+                 predictions: PredictionSink, stats: CanaryStats, labels: LabelJoin, store: OnlineStore,
+                 timeout_s: float, max_inflight: int, compare_canary: bool = True,
+                 model_features: dict[str, list[str]] | None = None, model_datasets: dict[str, str] | None = None,
+                 breaker_s: float = 1.0, tracer: trace.Tracer | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rollout = rollout
+        self.backend = backend
+        self.fallback = fallback
+        self.mirror = mirror
+        self.predictions = predictions
+        self.stats = stats
+        self.labels = labels
+        self.store = store
+        self.timeout_s = timeout_s
+        self.max_inflight = max_inflight
+        self.compare_canary = compare_canary
+        self.model_features = model_features or {}
+        self.model_datasets = model_datasets or {}
+        self.breaker_s = breaker_s
+        self._tracer = tracer or trace.get_tracer("inference")
+        self._clock = clock
+        self._signatures: dict[tuple[str, int], Signature] = {}
+        self._inflight = 0
+        self._triton_down_until = 0.0
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResult:
+        """Route, check, run and record one request.
+
+        Raises:
+            InvalidInput, ModelNotFound: the caller must change the request (4xx).
+            Overloaded: shed (429); retry after a pause.
+            BackendUnavailable, BackendTimeout, BackendFailed: the backend failed (5xx).
+
+        """
+        if self._inflight >= self.max_inflight:
+            metrics.SHED.labels("inflight").inc()
+            raise Overloaded(f"{self._inflight} requests in flight (limit {self.max_inflight}); retry shortly")
+        self._inflight += 1
+        metrics.INFLIGHT.set(self._inflight)
+        started = time.perf_counter()
+        request_id = request.request_id or str(uuid.uuid4())
+        version: int | None = None
+        route_name: Route | None = None
+        status = "500"
+        try:
+            with self._tracer.start_as_current_span("inference.infer") as span:
+                route = self.rollout.route(request.model)
+                version, route_name = self._choose(route, request, request_id)
+                span.set_attribute("inference.model", request.model)
+                span.set_attribute("inference.version", version)
+                span.set_attribute("inference.route", route_name)
+                outputs, backend = await self._serve(request.model, version, request.inputs, request.outputs,
+                                                     request_id)
+            latency_ms = (time.perf_counter() - started) * 1000
+            result = InferResult(request.model, version, route_name, outputs, request_id, backend, latency_ms)
+            self.stats.record(request.model, version, latency_ms=latency_ms, ok=True)
+            self._after(request, route, result)
+            status = "200"
+            return result
+        except InferenceError as exc:
+            status = str(http_status(exc))
+            if version is not None and isinstance(exc, BackendFailed | BackendTimeout | BackendUnavailable):
+                self.stats.record(request.model, version, latency_ms=(time.perf_counter() - started) * 1000,
+                                  ok=False)
+            raise
+        finally:
+            self._inflight -= 1
+            metrics.INFLIGHT.set(self._inflight)
+            v, r = (str(version), route_name) if version is not None and route_name else ("none", "none")
+            metrics.REQUESTS.labels(request.protocol, request.model, v, r, status).inc()
+            if status == "200":
+                metrics.LATENCY.labels(request.model, v, r).observe(time.perf_counter() - started)
+
+    def _choose(self, route: ModelRoute, request: InferRequest, request_id: str) -> tuple[int, Route]:
+        if request.version is not None:
+            if request.version not in route.versions:
+                raise ModelNotFound(f"version {request.version} of {request.model!r} is not in its rollout "
+                                    f"(champion {route.champion}, canary {route.canary}, shadow {route.shadow}); "
+                                    "pin one of those or leave the version out")
+            return request.version, "pinned"
+        choice = choose(route, request.entity or request_id)
+        if choice is None:
+            raise ModelNotFound(f"model {request.model!r} has no champion version yet; point its champion alias "
+                                "at a version")
+        return choice
+
+    async def signature(self, model: str, version: int) -> Signature:
+        """The version's signature (cached: a version's contents never change)."""
+        key = (model, version)
+        found = self._signatures.get(key)
+        if found is not None:
+            return found
+        if self._triton_down() and self.fallback is not None:
+            found = await self.fallback.signature(model, version)
+        else:
+            try:
+                found = await self.backend.signature(model, version)
+            except BackendUnavailable:
+                self._mark_down()
+                if self.fallback is None:
+                    raise
+                found = await self.fallback.signature(model, version)
+        self._signatures[key] = found
+        return found
+
+    async def _serve(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None,
+                     request_id: str) -> tuple[list[Tensor], str]:
+        signature = await self.signature(model, version)
+        check_against(inputs, signature.inputs, model=model, max_batch_size=signature.max_batch_size)
+        if outputs:
+            known = {o.name for o in signature.outputs}
+            unknown = [o for o in outputs if o not in known]
+            if unknown:
+                raise InvalidInput(f"model {model!r} has no output(s) {unknown}; its outputs are {sorted(known)}")
+        if not self._triton_down():
+            try:
+                return await self._timed(self.backend, model, version, inputs, outputs, request_id), self.backend.name
+            except BackendUnavailable:
+                self._mark_down()
+                if self.fallback is None:
+                    raise
+        elif self.fallback is None:
+            raise BackendUnavailable("Triton was unreachable moments ago and this gateway has no fallback "
+                                     "(INFERENCE_FALLBACK=none); retry shortly")
+        assert self.fallback is not None
+        metrics.FALLBACKS.labels(model).inc()
+        return await self._timed(self.fallback, model, version, inputs, outputs, request_id), self.fallback.name
+
+    async def _timed(self, backend: Backend, model: str, version: int, inputs: list[Tensor],
+                     outputs: list[str] | None, request_id: str) -> list[Tensor]:
+        started = time.perf_counter()
+        try:
+            return await backend.infer(model, version, inputs, outputs, timeout_s=self.timeout_s,
+                                       request_id=request_id)
+        except Overloaded:
+            metrics.SHED.labels("backend_queue").inc()
+            raise
+        finally:
+            metrics.BACKEND_SECONDS.labels(backend.name, model, str(version)).observe(time.perf_counter() - started)
+
+    def _triton_down(self) -> bool:
+        return self._clock() < self._triton_down_until
+
+    def _mark_down(self) -> None:
+        self._triton_down_until = self._clock() + self.breaker_s
+
+    async def run_mirror(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None
+                         ) -> list[Tensor]:
+        """A mirror call: Triton only, with the same deadline (the fallback is for callers)."""
+        return await self.backend.infer(model, version, inputs, outputs, timeout_s=self.timeout_s)
+
+    def on_mirrored(self, job: MirrorJob, outputs: list[Tensor], latency_ms: float, diff: float | None) -> None:
+        """A mirror finished: record divergence (compare) or publish the shadow prediction."""
+        if job.kind == "compare":
+            if diff is not None:
+                self.stats.record_divergence(job.model, job.served_version, diff)
+            return
+        self.predictions.offer(_event(model=job.model, version=job.version, route="shadow", outputs=outputs,
+                                      request_id=job.request_id, entity=job.entity, dataset=job.dataset,
+                                      features=job.features or {}, latency_ms=latency_ms))
+
+    def _after(self, request: InferRequest, route: ModelRoute, result: InferResult) -> None:
+        # Everything here is fire-and-forget: the caller's answer never waits for it.
+        if route.shadow is not None and route.shadow != result.version:
+            self.mirror.offer(MirrorJob("shadow", request.model, route.shadow, request.inputs, request.outputs,
+                                        result.outputs, result.version, result.request_id, request.entity,
+                                        request.dataset, request.features))
+        alias = _alias_of(route, result)
+        if alias == "canary" and self.compare_canary and route.champion is not None:
+            self.mirror.offer(MirrorJob("compare", request.model, route.champion, request.inputs, request.outputs,
+                                        result.outputs, result.version, result.request_id))
+        event = _event(model=request.model, version=result.version, route=alias, outputs=result.outputs,
+                       request_id=result.request_id, entity=request.entity, dataset=request.dataset,
+                       features=request.features, latency_ms=result.latency_ms)
+        self.predictions.offer(event)
+        if request.entity is not None:
+            self.labels.remember(request.entity, request.model, result.version, event.prediction)
+
+    # -- /v1/predict ----------------------------------------------------------------------------
+
+    async def predict(self, request: PredictRequest) -> PredictResult:
+        """Named features for an entity, completed from the online store, then :meth:`infer`.
+
+        Features in the request win over stored ones; the store is read (one round trip) only
+        when the request lacks some.
+
+        Raises:
+            InvalidInput: a feature is missing from both, or is not a number.
+            and everything :meth:`infer` raises.
+
+        """
+        route = self.rollout.route(request.model)
+        version = request.version if request.version is not None else (route.champion or route.canary)
+        if version is None:
+            raise ModelNotFound(f"model {request.model!r} has no champion version yet")
+        signature = await self.signature(request.model, version)
+        names, per_feature = self._feature_layout(request.model, signature)
+        dataset = request.dataset or self.model_datasets.get(request.model, request.model)
+        merged: dict[str, Scalar] = {n: request.features[n] for n in names if n in request.features}
+        from_request = sorted(merged)
+        from_store: list[str] = []
+        store_ok = True
+        missing = [n for n in names if n not in merged]
+        if missing:
+            stored = await self.store.read(dataset, request.entity)
+            store_ok = stored is not None
+            for n in missing:
+                if stored and n in stored:
+                    merged[n] = stored[n]
+                    from_store.append(n)
+        still = [n for n in names if n not in merged or merged[n] is None]
+        if still:
+            where = "" if store_ok else " (the online store is unreachable)"
+            raise InvalidInput(f"feature(s) {still} of model {request.model!r} are neither in the request nor in "
+                               f"the online store for {dataset}/{request.entity}{where}")
+        inputs = self._feature_tensors(request.model, signature, names, per_feature, merged)
+        result = await self.infer(InferRequest(model=request.model, inputs=inputs, entity=request.entity,
+                                               version=request.version, request_id=request.request_id,
+                                               dataset=dataset, features=merged, protocol="predict"))
+        return PredictResult(result, decide_prediction(result.outputs), from_request, sorted(from_store), store_ok)
+
+    def _feature_layout(self, model: str, signature: Signature) -> tuple[list[str], bool]:
+        if model in self.model_features:
+            if len(signature.inputs) != 1:
+                raise InvalidInput(f"model {model!r} has {len(signature.inputs)} inputs; a feature list needs one")
+            return self.model_features[model], False
+        if signature.inputs and all(len(s.shape) == 2 and s.shape[1] == 1 for s in signature.inputs):
+            return [s.name for s in signature.inputs], True
+        raise InvalidInput(f"model {model!r} takes a tensor, not named features: call /v2/models/{model}/infer, or "
+                           "set its feature order in INFERENCE_MODEL_FEATURES")
+
+    @staticmethod
+    def _feature_tensors(model: str, signature: Signature, names: list[str], per_feature: bool,
+                         values: dict[str, Scalar]) -> list[Tensor]:
+        def number(name: str, datatype: str) -> Any:
+            value = values[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidInput(f"feature {name!r} of model {model!r} must be a number, got {value!r}")
+            return np.asarray([[value]], dtype=NUMPY[datatype])
+
+        if per_feature:
+            return [Tensor(s.name, s.datatype, number(s.name, s.datatype)) for s in signature.inputs]
+        spec = signature.inputs[0]
+        row = np.concatenate([number(n, spec.datatype) for n in names], axis=1)
+        return [Tensor(spec.name, spec.datatype, row)]
+
+    # -- health -----------------------------------------------------------------------------------
+
+    async def ready(self) -> tuple[bool, str]:
+        """Whether this replica can serve, and why not."""
+        if not self.rollout.loaded:
+            return False, "rollout state not loaded from Redis yet"
+        if await self.backend.ready():
+            return True, "ready"
+        if self.fallback is not None:
+            return True, "Triton unreachable; serving from the onnxruntime fallback"
+        return False, "Triton is unreachable and no fallback is configured"
+
+    async def model_ready(self, model: str, version: int | None = None) -> bool:
+        """Whether the model's champion (or ``version``) can answer now."""
+        route = self.rollout.route(model)
+        chosen = version if version is not None else route.champion
+        if chosen is None or chosen not in route.versions:
+            return False
+        if await self.backend.model_ready(model, chosen):
+            return True
+        return self.fallback is not None and await self.fallback.model_ready(model, chosen)
+
+
+def _alias_of(route: ModelRoute, result: InferResult) -> Literal["champion", "canary", "shadow"]:
+    if result.route != "pinned":
+        return result.route
+    if result.version == route.champion:
+        return "champion"
+    return "canary" if result.version == route.canary else "shadow"
+
+
+def decide_prediction(outputs: list[Tensor]) -> Scalar:
+    """The decided value of a one-row answer: a single value as is, several: the arg-max index.
+
+    >>> decide_prediction([Tensor("y", "FP32", np.array([[0.75]], dtype=np.float32))])
+    0.75
+    >>> decide_prediction([Tensor("p", "FP32", np.array([[0.1, 0.7, 0.2]], dtype=np.float32))])
+    1
+    """
+    if not outputs or outputs[0].array.size == 0 or outputs[0].datatype == "BYTES":
+        return None
+    array = outputs[0].array
+    rows = array.shape[0] if array.ndim > 1 else 1
+    if rows != 1:
+        return None
+    flat = array.reshape(-1)
+    if flat.size == 1:
+        value = flat[0].item()
+        return value if isinstance(value, int | float) else None
+    return int(np.argmax(flat))
+
+
+def _event(*, model: str, version: int, route: Literal["champion", "canary", "shadow"], outputs: list[Tensor],
+           request_id: str, entity: str | None, dataset: str | None, features: dict[str, Scalar],
+           latency_ms: float) -> PredictionEventV1:
+    flat = {t.name: t.array.reshape(-1).astype(np.float64).tolist() for t in outputs if t.datatype != "BYTES"}
+    safe_id = request_id if _valid_id(request_id) else str(uuid.uuid5(uuid.NAMESPACE_URL, request_id))
+    return PredictionEventV1.model_construct(
+        request_id=safe_id, model_name=model, model_version=version, route=route, dataset=dataset,
+        entity_id=entity, features=features, outputs=flat, prediction=decide_prediction(outputs),
+        latency_ms=latency_ms, served_at=datetime.now(UTC))
+
+
+def _valid_id(text: str) -> bool:
+    return 0 < len(text) <= 128 and text[0].isalnum() and all(c.isalnum() or c in "._:-" for c in text)

@@ -1,0 +1,144 @@
+"""Triton through tritonclient's asyncio gRPC client: the only module that imports tritonclient.
+
+A small pool of gRPC channels is kept open for the process's lifetime and used round-robin.
+Every call has a deadline; tritonclient's errors are translated here into the gateway's own
+(:mod:`inference.errors`), so nothing above this module knows tritonclient exists.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import InferenceServerException, InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+
+from inference.errors import (
+    BackendFailed,
+    BackendTimeout,
+    BackendUnavailable,
+    InferenceError,
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+)
+from inference.tensors import Signature, Spec, Tensor
+
+# Reconnect fast after Triton restarts: gRPC's default backoff grows to two minutes.
+_CHANNEL_ARGS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class TritonBackend:
+    """Runs model versions on a Triton server.
+
+    Args:
+        url: Triton's gRPC endpoint, ``host:port``.
+        connections: gRPC channels in the pool.
+        timeout_s: default deadline of metadata and health calls.
+
+    """
+
+    name = "triton"
+
+    def __init__(self, url: str, *, connections: int = 2, timeout_s: float = 2.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._clients = [InferenceServerClient(url, channel_args=_CHANNEL_ARGS) for _ in range(connections)]
+        self._next = itertools.cycle(self._clients)
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for client in self._clients:
+            await client.close()
+
+    async def infer(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None, *,
+                    timeout_s: float, request_id: str = "") -> list[Tensor]:
+        """Run ``version`` of ``model`` on ``inputs``; the requested outputs (all when None).
+
+        Raises:
+            InvalidInput, ModelNotFound, Overloaded, BackendUnavailable, BackendTimeout, BackendFailed.
+
+        """
+        infer_inputs = []
+        for t in inputs:
+            i = InferInput(t.name, t.shape, t.datatype)
+            i.set_data_from_numpy(t.array)
+            infer_inputs.append(i)
+        wanted = [InferRequestedOutput(n) for n in outputs] if outputs else None
+        try:
+            result = await next(self._next).infer(model, infer_inputs, model_version=str(version), outputs=wanted,
+                                                  request_id=request_id, client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise _translate(exc, model=model, version=version) from None
+        response = result.get_response()
+        out: list[Tensor] = []
+        for o in response.outputs:
+            array = result.as_numpy(o.name)
+            if array is None:
+                raise BackendFailed(f"Triton returned output {o.name!r} of {model} v{version} without data")
+            out.append(Tensor(o.name, o.datatype, np.asarray(array)))
+        return out
+
+    async def signature(self, model: str, version: int) -> Signature:
+        """Inputs, outputs and maximum batch size of a loaded version.
+
+        Raises:
+            ModelNotFound, BackendUnavailable, BackendTimeout.
+
+        """
+        client = next(self._next)
+        try:
+            meta: Any = await client.get_model_metadata(model, str(version), as_json=True,
+                                                        client_timeout=self.timeout_s)
+            config: Any = await client.get_model_config(model, str(version), as_json=True,
+                                                        client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise _translate(exc, model=model, version=version) from None
+        return Signature(
+            inputs=[Spec(i["name"], i["datatype"], tuple(int(d) for d in i.get("shape", []))) for i in meta["inputs"]],
+            outputs=[Spec(o["name"], o["datatype"], tuple(int(d) for d in o.get("shape", [])))
+                     for o in meta["outputs"]],
+            max_batch_size=int(config.get("config", {}).get("max_batch_size", 0)),
+            platform=str(meta.get("platform", "")),
+        )
+
+    async def ready(self) -> bool:
+        """Whether Triton answers and says it is ready."""
+        try:
+            return bool(await next(self._next).is_server_ready(client_timeout=self.timeout_s))
+        except InferenceServerException:
+            return False
+
+    async def model_ready(self, model: str, version: int) -> bool:
+        """Whether ``version`` of ``model`` is loaded and ready in Triton."""
+        try:
+            return bool(await next(self._next).is_model_ready(model, str(version), client_timeout=self.timeout_s))
+        except InferenceServerException:
+            return False
+
+
+def _translate(exc: InferenceServerException, *, model: str, version: int) -> InferenceError:
+    status = str(exc.status() or "")
+    message = str(exc.message() or exc)
+    lower = message.lower()
+    where = f"{model} v{version}"
+    if "queue size" in lower:
+        return Overloaded(f"Triton's queue for {where} is full: {message}")
+    if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in lower:
+        return BackendTimeout(f"Triton did not answer for {where} in time; retry later")
+    if "unknown model" in lower or "not found" in lower or "NOT_FOUND" in status:
+        return ModelNotFound(f"Triton does not serve {where}: {message}")
+    if "not ready" in lower or "not at ready state" in lower:
+        return ModelNotFound(f"{where} is not loaded in Triton: {message}")
+    if "UNAVAILABLE" in status or "failed to connect" in lower or "connection refused" in lower:
+        return BackendUnavailable(f"Triton at the configured URL is unreachable ({message})")
+    if "INVALID_ARGUMENT" in status:
+        return InvalidInput(f"Triton refused the request for {where}: {message}")
+    return BackendFailed(f"Triton failed on {where}: {message}")
