@@ -21,7 +21,16 @@ from schemas.inference import (
 )
 from schemas.ingest import FeatureEventV1, LabelEventV1
 from schemas.registry import ModelRegisteredV1, RolloutChangedV1, TensorSpec
-from schemas.training import OffsetRange, RetrainCommandV1, TrainingWindow
+from schemas.training import (
+    OffsetRange,
+    PromotionDecidedV1,
+    RetrainCommandV1,
+    ServingCheck,
+    SliceCheck,
+    TrainingCompletedV1,
+    TrainingFailedV1,
+    TrainingWindow,
+)
 
 __all__ = [
     "CanaryDecidedV1",
@@ -42,11 +51,16 @@ __all__ = [
     "OffsetRange",
     "PredictionEventV1",
     "Problem",
+    "PromotionDecidedV1",
     "RetrainCommandV1",
     "RolloutChangedV1",
     "RouteEvidence",
+    "ServingCheck",
+    "SliceCheck",
     "TensorSpec",
     "TensorValue",
+    "TrainingCompletedV1",
+    "TrainingFailedV1",
     "TrainingWindow",
     "event_class",
     "event_types",

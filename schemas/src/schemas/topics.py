@@ -22,7 +22,7 @@ from schemas.inference import (
 )
 from schemas.ingest import FeatureEventV1, LabelEventV1
 from schemas.registry import ModelRegisteredV1, RolloutChangedV1
-from schemas.training import RetrainCommandV1
+from schemas.training import PromotionDecidedV1, RetrainCommandV1, TrainingCompletedV1, TrainingFailedV1
 
 DAY_MS = 24 * 60 * 60 * 1000
 
@@ -56,6 +56,9 @@ DRIFT_REPORTS = DriftReportV1.EVENT_TYPE
 RETRAIN_COMMANDS = RetrainCommandV1.EVENT_TYPE
 MODEL_REGISTERED = ModelRegisteredV1.EVENT_TYPE
 ROLLOUT_CHANGED = RolloutChangedV1.EVENT_TYPE
+TRAINING_COMPLETED = TrainingCompletedV1.EVENT_TYPE
+TRAINING_FAILED = TrainingFailedV1.EVENT_TYPE
+PROMOTION_DECISIONS = PromotionDecidedV1.EVENT_TYPE
 INFERENCE_REQUESTS = InferenceRequestedV1.EVENT_TYPE
 INFERENCE_RESPONSES = InferenceCompletedV1.EVENT_TYPE
 CANARY_DECISIONS = CanaryDecidedV1.EVENT_TYPE
@@ -100,6 +103,19 @@ _MAIN: tuple[TopicSpec, ...] = (
     TopicSpec(
         name=RETRAIN_COMMANDS, event_type=RETRAIN_COMMANDS, key="model name", partitions=1,
         dead_letter=dlq(RETRAIN_COMMANDS), description="Requests to train a new model version.",
+    ),
+    TopicSpec(
+        name=TRAINING_COMPLETED, event_type=TRAINING_COMPLETED, key="model name", partitions=1, retention_ms=-1,
+        description="Every retrain command that produced a model (promoted, refused or blocked), with its "
+        "exact training offsets; the trainer rebuilds its idempotency ledger from it.",
+    ),
+    TopicSpec(
+        name=TRAINING_FAILED, event_type=TRAINING_FAILED, key="model name", partitions=1, retention_ms=-1,
+        description="Every retrain command that ended without a model, with the reason.",
+    ),
+    TopicSpec(
+        name=PROMOTION_DECISIONS, event_type=PROMOTION_DECISIONS, key="model name", partitions=1,
+        retention_ms=-1, description="Every gate decision on a trained candidate, with each comparison.",
     ),
     TopicSpec(
         name=MODEL_REGISTERED, event_type=MODEL_REGISTERED, key="model name", partitions=1,
