@@ -1,0 +1,522 @@
+"""The drift monitor of one dataset: count windows, run every test, correct, decide; no I/O.
+
+The monitor's durable state lives in a ``MutableMapping`` given to it (a Faust table in the
+stream, a dict in tests and replays), in small JSON entries so that each event changes only
+two keys: its ring slot ``ring/<dataset>/<seq mod window_size>`` and the head
+``head/<dataset>`` (counters, last offsets, policy). The in-memory counters are derived from
+those entries and rebuilt from them after a restart, so a restart in the middle of a window
+loses nothing. Records at or below the last offset applied for their partition are skipped,
+which makes redelivery after a crash harmless.
+
+Windows are counted in feature events: the first window closes after ``window_size`` events,
+then one every ``window_step`` events over the last ``window_size`` (``step == size`` is a
+tumbling window, a smaller step a sliding one). Counters are updated lazily, once per
+window, with the events that entered and left since the last one (vectorised), which is what
+makes a window cost ``O(step + cells)`` instead of a fresh sort of both samples.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from schemas.dataset import DatasetSpec
+from schemas.drift import DriftReportV1, DriftTest, FeatureDrift
+from schemas.training import OffsetRange
+
+from drift.detectors import Adwin, Detector, PageHinkley
+from drift.policy import Correction, PolicyConfig, PolicyState, correct, decide, rearm
+from drift.reference import (
+    ERROR_RATE,
+    PREDICTION,
+    CategoricalReference,
+    NumericReference,
+    Reference,
+    parse_reference,
+    stats_from_sample,
+)
+from drift.stats import CategoryTable, TestResult, WindowCounter, psi
+
+log = logging.getLogger(__name__)
+
+P_VALUE_TESTS: frozenset[str] = frozenset({"ks", "chi2", "prediction_ks"})
+DEFAULT_RETRAIN_ON: frozenset[str] = frozenset(
+    {"ks", "psi", "chi2", "js", "prediction_ks", "prediction_psi", "adwin", "page_hinkley"})
+MAX_UNEXPECTED_REPORTED = 20
+
+FeatureValue = float | int | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    """Window sizes, test thresholds and the retrain policy (from the service settings)."""
+
+    window_size: int = 1000
+    window_step: int = 1000
+    min_samples: int = 30
+    alpha: float = 0.05
+    correction: Correction = "benjamini-hochberg"
+    psi_threshold: float = 0.2
+    psi_bins: int = 10
+    js_threshold: float = 0.2
+    new_category_threshold: float = 0.01
+    missing_rate_tolerance: float = 0.05
+    out_of_range_tolerance: float = 0.01
+    adwin_delta: float = 0.002
+    ph_threshold: float = 50.0
+    ph_delta: float = 0.005
+    ph_min_instances: int = 30
+    error_memory: int = 10_000
+    bootstrap_reference: bool = True
+    retrain_on: frozenset[str] = DEFAULT_RETRAIN_ON
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    reports_kept: int = 50
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.window_step <= self.window_size:
+            raise ValueError(f"window_step must be in 1..window_size ({self.window_size}), got {self.window_step}")
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One feature event as the monitor needs it."""
+
+    features: dict[str, FeatureValue]
+    event_time: datetime
+    topic: str
+    partition: int
+    offset: int
+
+    def to_json(self) -> list[Any]:
+        """Compact form for a ring slot."""
+        return [self.event_time.isoformat(), self.topic, self.partition, self.offset, self.features]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> Observation:
+        """Back from :meth:`to_json`."""
+        return cls(data[4], datetime.fromisoformat(data[0]), data[1], data[2], data[3])
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOutcome:
+    """A closed window: its report and whether the policy asks for a retrain."""
+
+    report: DriftReportV1
+    retrain: bool
+    window_index: int
+
+
+class _Numeric:
+    __slots__ = ("bins", "ks", "ref")
+
+    def __init__(self, ref: NumericReference) -> None:
+        self.ref = ref
+        self.ks: WindowCounter | None = ref.ks.counter() if ref.ks else None
+        self.bins: WindowCounter | None = ref.bins.counter() if ref.bins else None
+
+
+class DatasetMonitor:
+    """Windows, tests and policy of one dataset over a state mapping.
+
+    Args:
+        dataset: the dataset name.
+        config: windows, thresholds, policy.
+        store: where the durable state lives; read at construction (restore) and written on
+            every change.
+        spec: the dataset spec (feature types, bounds, required features), when known.
+
+    """
+
+    def __init__(self, dataset: str, config: MonitorConfig, store: MutableMapping[str, Any], *,
+                 spec: DatasetSpec | None = None) -> None:
+        self.dataset = dataset
+        self.config = config
+        self.store = store
+        self.spec = spec
+        self._head_key = f"head/{dataset}"
+        head = store.get(self._head_key) or {}
+        self.seq: int = head.get("seq", 0)
+        self.pseq: int = head.get("pseq", 0)
+        self.eseq: int = head.get("eseq", 0)
+        self.e0: int = head.get("e0", 0)
+        self.windows: int = head.get("windows", 0)
+        self.last_offsets: dict[str, int] = dict(head.get("last", {}))
+        self.flags: dict[str, bool] = dict(head.get("flags", {}))
+        self.window_errors: list[float] = list(head.get("werr", [0.0, 0.0]))
+        self.policy_state = PolicyState.from_dict(head.get("policy"))
+        saved_ref = store.get(f"ref/{dataset}")
+        self.reference = (parse_reference(saved_ref.get("stats"), model_name=saved_ref.get("model_name"),
+                                          version=saved_ref.get("version"), source=saved_ref.get("source", "registry"),
+                                          psi_bins=config.psi_bins)
+                          if saved_ref else parse_reference(None))
+        n = config.window_size
+        self._events: deque[Observation] = deque(
+            Observation.from_json(store[f"ring/{dataset}/{i % n}"]) for i in range(max(0, self.seq - n), self.seq))
+        self._predictions: deque[FeatureValue] = deque(
+            (store[f"pring/{dataset}/{i % n}"] for i in range(max(0, self.pseq - n), self.pseq)), maxlen=n)
+        self._detectors = self._new_detectors()
+        start = max(self.e0, self.eseq - config.error_memory)
+        for i in range(start, self.eseq):
+            for d in self._detectors:
+                d.update(store[f"erring/{dataset}/{i % config.error_memory}"])
+        self._rebuild()
+
+    # ---- inputs ---------------------------------------------------------------------------
+
+    def observe(self, obs: Observation) -> WindowOutcome | None:
+        """Count one feature event; returns the window's outcome when it closes one.
+
+        Records already applied (at or below the partition's last offset) are ignored.
+        """
+        where = f"{obs.topic}:{obs.partition}"
+        if obs.offset <= self.last_offsets.get(where, -1):
+            return None
+        self.last_offsets[where] = obs.offset
+        n = self.config.window_size
+        self.store[f"ring/{self.dataset}/{self.seq % n}"] = obs.to_json()
+        self.seq += 1
+        self._events.append(obs)
+        self._added.append(obs)
+        if len(self._events) > n:
+            self._removed.append(self._events.popleft())
+        outcome = None
+        if self.seq >= n and (self.seq - n) % self.config.window_step == 0:
+            outcome = self._close_window()
+        self._save_head()
+        return outcome
+
+    def observe_prediction(self, value: FeatureValue) -> None:
+        """Count one champion prediction into the prediction window."""
+        if value is None:
+            return
+        self.store[f"pring/{self.dataset}/{self.pseq % self.config.window_size}"] = value
+        self.pseq += 1
+        self._predictions.append(value)
+        self._save_head()
+
+    def observe_error(self, error: float) -> None:
+        """Feed one joined prediction error (0/1 or absolute error) to the concept-drift detectors."""
+        self.store[f"erring/{self.dataset}/{self.eseq % self.config.error_memory}"] = error
+        self.eseq += 1
+        self.window_errors = [self.window_errors[0] + error, self.window_errors[1] + 1]
+        for d in self._detectors:
+            d.update(error)
+            if d.drift_detected:
+                self.flags[d.name] = True
+        self._save_head()
+
+    def set_reference(self, reference: Reference) -> None:
+        """A new champion (or its statistics): rebuild the counters, reset the detectors, re-arm."""
+        self.reference = reference
+        self.store[f"ref/{self.dataset}"] = {"model_name": reference.model_name, "version": reference.version,
+                                             "source": reference.source, "stats": reference.raw}
+        self.e0 = self.eseq
+        self._detectors = self._new_detectors()
+        self.flags = {}
+        self.window_errors = [0.0, 0.0]
+        rearm(self.policy_state)
+        self._rebuild()
+        self._save_head()
+
+    def set_spec(self, spec: DatasetSpec) -> None:
+        """A new dataset spec: types, bounds and required features change."""
+        self.spec = spec
+        self._rebuild()
+
+    # ---- state ----------------------------------------------------------------------------
+
+    @property
+    def in_window(self) -> int:
+        """Events counted towards the next window."""
+        n, step = self.config.window_size, self.config.window_step
+        return self.seq if self.seq < n else (self.seq - n) % step
+
+    def _save_head(self) -> None:
+        self.store[self._head_key] = {
+            "seq": self.seq, "pseq": self.pseq, "eseq": self.eseq, "e0": self.e0, "windows": self.windows,
+            "last": self.last_offsets, "flags": self.flags, "werr": self.window_errors,
+            "policy": self.policy_state.to_dict(),
+        }
+
+    def _new_detectors(self) -> list[Detector]:
+        c = self.config
+        return [Adwin(delta=c.adwin_delta),
+                PageHinkley(min_instances=c.ph_min_instances, delta=c.ph_delta, threshold=c.ph_threshold)]
+
+    def _kind(self, name: str) -> str | None:
+        if self.spec is not None:
+            fs = self.spec.feature(name)
+            if fs is not None:
+                return fs.type
+        ref = self.reference.features.get(name)
+        if isinstance(ref, NumericReference):
+            return "numeric"
+        if isinstance(ref, CategoricalReference):
+            return "categorical"
+        return None
+
+    def _expected(self) -> dict[str, bool]:
+        """Features the window should carry, with whether each is required."""
+        if self.spec is not None:
+            return {f.name: f.required for f in self.spec.features}
+        return dict.fromkeys(self.reference.features, True)
+
+    def _bounds(self, name: str) -> tuple[float | None, float | None]:
+        lo = hi = None
+        if self.spec is not None and (fs := self.spec.feature(name)) is not None:
+            lo, hi = fs.min, fs.max
+        ref = self.reference.features.get(name)
+        if isinstance(ref, NumericReference):
+            lo = ref.min if lo is None else lo
+            hi = ref.max if hi is None else hi
+        return lo, hi
+
+    def _rebuild(self) -> None:
+        self._numeric: dict[str, _Numeric] = {}
+        self._categorical: dict[str, CategoryTable] = {}
+        for name, ref in self.reference.features.items():
+            if isinstance(ref, NumericReference) and self._kind(name) == "numeric":
+                self._numeric[name] = _Numeric(ref)
+            elif isinstance(ref, CategoricalReference) and self._kind(name) == "categorical":
+                self._categorical[name] = CategoryTable(ref.frequencies, reference_count=ref.count)
+        self._present: dict[str, int] = {}
+        self._carried: dict[str, int] = {}
+        self._out_of_range: dict[str, int] = {}
+        self._bound_cache = {name: self._bounds(name) for name in self._expected() | dict.fromkeys(self._numeric)}
+        self._added: list[Observation] = list(self._events)
+        self._removed: list[Observation] = []
+
+    def _flush(self) -> None:
+        """Apply the events that entered and left the window since the last flush (vectorised)."""
+        for sign, batch in ((1, self._added), (-1, self._removed)):
+            if not batch:
+                continue
+            numeric_values: dict[str, list[float]] = {name: [] for name in self._numeric}
+            for obs in batch:
+                for name, value in obs.features.items():
+                    self._carried[name] = self._carried.get(name, 0) + sign
+                    if value is None:
+                        continue
+                    self._present[name] = self._present.get(name, 0) + sign
+                    if isinstance(value, str):
+                        table = self._categorical.get(name)
+                        if table is not None:
+                            table.add(value, sign)
+                        continue
+                    values = numeric_values.get(name)
+                    if values is not None:
+                        values.append(float(value))
+                    lo, hi = self._bound_cache.get(name, (None, None))
+                    if (lo is not None and value < lo) or (hi is not None and value > hi):
+                        self._out_of_range[name] = self._out_of_range.get(name, 0) + sign
+            for name, values in numeric_values.items():
+                acc = self._numeric[name]
+                if acc.ks is not None:
+                    acc.ks.add_many(values, sign)
+                if acc.bins is not None:
+                    acc.bins.add_many(values, sign)
+        self._added = []
+        self._removed = []
+
+    # ---- a window -------------------------------------------------------------------------
+
+    def _close_window(self) -> WindowOutcome:
+        c = self.config
+        notes: list[str] = []
+        if not self.reference.usable and c.bootstrap_reference:
+            self._bootstrap()
+            notes.append("reference bootstrapped from this window (no reference statistics from the registry)")
+        self._flush()
+        rows = self._distribution_rows() + self._quality_rows() + self._prediction_rows() + self._concept_rows()
+        rows = self._corrected(rows)
+        drifted_rows = [r for r in rows if r.drifted]
+        drifted_features = sorted({r.feature for r in drifted_rows})
+        retrain_drift = any(r.test in c.retrain_on for r in drifted_rows)
+        events = list(self._events)
+        end = max(e.event_time for e in events)
+        decision = decide(self.policy_state, drifted=retrain_drift, at=end, config=c.policy)
+        if not self.reference.usable:
+            notes.append("no reference statistics: distribution tests skipped")
+        notes.extend(self.reference.problems[:5])
+        index = self.windows
+        self.windows += 1
+        self.flags = {}
+        self.window_errors = [0.0, 0.0]
+        report = DriftReportV1(
+            report_id=f"{self.dataset}-w{index}",
+            dataset=self.dataset,
+            model_name=self.reference.model_name,
+            model_version=self.reference.version,
+            window_start=min(e.event_time for e in events),
+            window_end=end,
+            offsets=_offset_ranges(events),
+            results=rows,
+            correction=c.correction,
+            drifted=bool(drifted_rows),
+            drifted_features=drifted_features,
+            retrain_requested=decision.retrain,
+            decision="; ".join([decision.reason, *notes]),
+        )
+        kept = [*(self.store.get(f"reports/{self.dataset}") or []), report.model_dump(mode="json")]
+        self.store[f"reports/{self.dataset}"] = kept[-c.reports_kept:]
+        return WindowOutcome(report, decision.retrain, index)
+
+    def _bootstrap(self) -> None:
+        numeric: dict[str, list[float]] = {}
+        categorical: dict[str, list[str]] = {}
+        for obs in self._events:
+            for name, value in obs.features.items():
+                if value is None:
+                    continue
+                if isinstance(value, str):
+                    categorical.setdefault(name, []).append(value)
+                else:
+                    numeric.setdefault(name, []).append(float(value))
+        for name in list(numeric):
+            if self._kind(name) == "categorical":
+                del numeric[name]
+        counts = dict.fromkeys([*numeric, *categorical], len(self._events))
+        preds = [p for p in self._predictions if p is not None]
+        prediction: list[float] | list[str] | None = None
+        if preds:
+            prediction = ([str(p) for p in preds] if any(isinstance(p, str) for p in preds)
+                          else [float(p) for p in preds if not isinstance(p, str)])
+        stats = stats_from_sample(numeric, categorical, counts=counts, prediction=prediction)
+        model, version = self.reference.model_name, self.reference.version
+        self.set_reference(parse_reference(stats, model_name=model, version=version, source="bootstrap",
+                                           psi_bins=self.config.psi_bins))
+
+    def _distribution_rows(self) -> list[FeatureDrift]:
+        c = self.config
+        rows: list[FeatureDrift] = []
+        for name, acc in sorted(self._numeric.items()):
+            if acc.ks is not None and acc.ks.n >= c.min_samples and acc.ref.ks is not None:
+                rows.append(_row(name, "ks", acc.ref.ks.test(acc.ks), c.alpha))
+            if acc.bins is not None and acc.bins.n >= c.min_samples and acc.ref.bins is not None:
+                rows.append(_row(name, "psi", acc.ref.bins.psi(acc.bins), c.psi_threshold))
+        for name, table in sorted(self._categorical.items()):
+            if table.n < c.min_samples:
+                continue
+            chi, _, _ = table.chi2()
+            rows.append(_row(name, "chi2", chi, c.alpha))
+            rows.append(_row(name, "js", table.js(), c.js_threshold))
+            rows.append(_row(name, "new_categories", table.new_share(), c.new_category_threshold))
+        return rows
+
+    def _quality_rows(self) -> list[FeatureDrift]:
+        c = self.config
+        m = len(self._events)
+        rows: list[FeatureDrift] = []
+        expected = self._expected()
+        for name, required in sorted(expected.items()):
+            present = self._present.get(name, 0)
+            ref = self.reference.features.get(name)
+            base = ref.missing_rate if ref is not None else 0.0
+            missing = 1 - present / m
+            rows.append(FeatureDrift(feature=name, test="missing_rate", statistic=missing,
+                                     threshold=min(1.0, base + c.missing_rate_tolerance),
+                                     drifted=missing > base + c.missing_rate_tolerance, sample_size=m))
+            if required and self._carried.get(name, 0) == 0:
+                rows.append(FeatureDrift(feature=name, test="missing_features", statistic=1.0, threshold=0.0,
+                                         drifted=True, sample_size=m))
+            lo, hi = self._bound_cache.get(name, (None, None))
+            if self._kind(name) == "numeric" and (lo is not None or hi is not None) and present:
+                share = self._out_of_range.get(name, 0) / present
+                rows.append(FeatureDrift(feature=name, test="out_of_range", statistic=share,
+                                         threshold=c.out_of_range_tolerance,
+                                         drifted=share > c.out_of_range_tolerance, sample_size=present))
+        if expected:
+            unexpected = sorted(n for n, k in self._carried.items() if k > 0 and n not in expected)
+            for name in unexpected[:MAX_UNEXPECTED_REPORTED]:
+                rows.append(FeatureDrift(feature=name, test="unexpected_features", statistic=self._carried[name] / m,
+                                         threshold=0.0, drifted=True, sample_size=m))
+        return rows
+
+    def _prediction_rows(self) -> list[FeatureDrift]:
+        c = self.config
+        ref = self.reference.prediction
+        preds = [p for p in self._predictions if p is not None]
+        if ref is None or len(preds) < c.min_samples:
+            return []
+        rows: list[FeatureDrift] = []
+        if isinstance(ref, NumericReference):
+            values = [float(p) for p in preds if not isinstance(p, str)]
+            if ref.ks is not None and len(values) >= c.min_samples:
+                counter = ref.ks.counter()
+                counter.add_many(values)
+                rows.append(_row(PREDICTION, "prediction_ks", ref.ks.test(counter), c.alpha))
+            if ref.bins is not None and len(values) >= c.min_samples:
+                counter = ref.bins.counter()
+                counter.add_many(values)
+                rows.append(_row(PREDICTION, "prediction_psi", ref.bins.psi(counter), c.psi_threshold))
+        else:
+            table = CategoryTable(ref.frequencies)
+            for p in preds:
+                table.add(_category(p))
+            counts = [int(x) for x in table.counts] + list(table.new.values())
+            shares = [*table.reference.tolist(), *([0.0] * len(table.new))]
+            rows.append(_row(PREDICTION, "prediction_psi", TestResult(psi(shares, counts), None, table.n),
+                             c.psi_threshold))
+        return rows
+
+    def _concept_rows(self) -> list[FeatureDrift]:
+        total, n = self.window_errors
+        if n == 0:
+            return []
+        rate = total / n
+        adwin = self._detectors[0]
+        return [FeatureDrift(feature=ERROR_RATE, test="adwin", statistic=adwin.estimation, threshold=0.0,
+                             drifted=bool(self.flags.get("adwin")), sample_size=int(n)),
+                FeatureDrift(feature=ERROR_RATE, test="page_hinkley", statistic=rate, threshold=0.0,
+                             drifted=bool(self.flags.get("page_hinkley")), sample_size=int(n))]
+
+    def _corrected(self, rows: list[FeatureDrift]) -> list[FeatureDrift]:
+        tested = [i for i, r in enumerate(rows) if r.test in P_VALUE_TESTS and r.p_value is not None]
+        adjusted = correct([rows[i].p_value or 0.0 for i in tested], self.config.correction)
+        out = list(rows)
+        for i, adj in zip(tested, adjusted, strict=True):
+            out[i] = rows[i].model_copy(update={"adjusted_p_value": adj, "drifted": adj < self.config.alpha})
+        return out
+
+
+def _row(feature: str, test: DriftTest, result: TestResult, threshold: float) -> FeatureDrift:
+    """A result row; p-value tests are decided after correction, the others on their threshold."""
+    drifted = result.p_value is None and result.statistic > threshold
+    return FeatureDrift(feature=feature, test=test, statistic=result.statistic, p_value=result.p_value,
+                        threshold=threshold, drifted=drifted, sample_size=result.sample_size)
+
+
+def _category(value: FeatureValue) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _offset_ranges(events: Iterable[Observation]) -> list[OffsetRange]:
+    bounds: dict[tuple[str, int], tuple[int, int]] = {}
+    for e in events:
+        lo, hi = bounds.get((e.topic, e.partition), (e.offset, e.offset))
+        bounds[(e.topic, e.partition)] = (min(lo, e.offset), max(hi, e.offset))
+    return [OffsetRange(topic=t, partition=p, start_offset=lo, end_offset=hi + 1)
+            for (t, p), (lo, hi) in sorted(bounds.items())]
+
+
+def error_of(prediction: FeatureValue, label: bool | int | float | str, *, regression: bool) -> float:
+    """The error of one prediction: absolute error for regression, 0/1 for a class.
+
+    Examples:
+        >>> error_of(1, True, regression=False), error_of("a", "b", regression=False)
+        (0.0, 1.0)
+        >>> error_of(2.0, 3.5, regression=True)
+        1.5
+
+    """
+    if regression and not isinstance(prediction, str) and prediction is not None and not isinstance(label, str):
+        return abs(float(prediction) - float(label))
+    label_value: FeatureValue = int(label) if isinstance(label, bool) else label
+    return 0.0 if _category(prediction) == _category(label_value) else 1.0
+
