@@ -24,7 +24,7 @@ from trainer import __version__, api
 from trainer.consumer import CommandConsumer
 from trainer.errors import TrainerError
 from trainer.kafka import build_command_consumer, build_producer
-from trainer.ledger import KafkaLedger
+from trainer.ledger import KafkaLedger, Ledger
 from trainer.registry_client import RegistryClient
 from trainer.schedule import run_schedule
 from trainer.service import TrainerService
@@ -36,7 +36,7 @@ from trainer.window import WindowReader, recent_requests
 log = logging.getLogger(__name__)
 
 
-def build_service(settings: Settings, ledger: KafkaLedger, *, tracer_name: str = "trainer") -> TrainerService:
+def build_service(settings: Settings, ledger: Ledger) -> TrainerService:
     """The trainer core wired to Kafka, the registry and (when configured) Triton."""
     registry = RegistryClient(settings.registry_url, trainer_token=settings.registry_token.get_secret_value(),
                               operator_token=settings.operator_token(), timeout_s=settings.registry_timeout_s)

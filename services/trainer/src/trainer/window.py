@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from schemas.training import OffsetRange, TrainingWindow
 
 from trainer.errors import BrokerUnavailable, EmptyWindow, InvalidCommand
@@ -88,50 +88,43 @@ class WindowReader:
             if unknown:
                 raise InvalidCommand(f"the window's offsets name topics the trainer does not read: {sorted(unknown)}")
             return window
-        end_time = window.end_time or (now or datetime.now(UTC))
+        now = now or datetime.now(UTC)
+        end_time = window.end_time or (max(now, window.start_time) if window.start_time else now)
         consumer = build_reader(self.bootstrap, "resolve")
         try:
             ranges: list[OffsetRange] = []
             for topic, until in ((self.features_topic, end_time), (self.labels_topic, None)):
                 partitions = self._partitions(consumer, topic)
-                starts = self._offsets_at(consumer, topic, partitions, window.start_time)
-                ends = self._offsets_at(consumer, topic, partitions, until)
-                ranges += [OffsetRange(topic=topic, partition=p, start_offset=starts[p],
-                                       end_offset=max(starts[p], ends[p])) for p in partitions]
+                marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=self.timeout_s)
+                         for p in partitions}
+                lows = {p: max(int(low), 0) for p, (low, _) in marks.items()}
+                highs = {p: int(high) for p, (_, high) in marks.items()}
+                starts = self._offsets_at(consumer, topic, window.start_time, highs) if window.start_time else lows
+                ends = self._offsets_at(consumer, topic, until, highs) if until else highs
+                ranges += [OffsetRange(topic=topic, partition=p, start_offset=max(starts[p], lows[p]),
+                                       end_offset=max(starts[p], lows[p], ends[p])) for p in partitions]
         except KafkaException as exc:
             raise BrokerUnavailable(f"could not resolve the window's offsets: {exc}") from exc
         finally:
             consumer.close()
         return TrainingWindow(start_time=window.start_time, end_time=end_time, offsets=ranges)
 
-    def _partitions(self, consumer: object, topic: str) -> list[int]:
-        metadata = consumer.list_topics(topic, timeout=self.timeout_s)  # type: ignore[attr-defined]
-        entry = metadata.topics.get(topic)
+    def _partitions(self, consumer: Consumer, topic: str) -> list[int]:
+        entry = consumer.list_topics(topic, timeout=self.timeout_s).topics.get(topic)
         if entry is None or entry.error is not None:
             raise BrokerUnavailable(f"topic {topic} is not available: {entry.error if entry else 'missing'}")
         return sorted(entry.partitions)
 
-    def _offsets_at(self, consumer: object, topic: str, partitions: list[int],
-                    at: datetime | None) -> dict[int, int]:
-        """Per partition: the first offset with a timestamp at or after ``at`` (None: the log end)."""
-        out: dict[int, int] = {}
-        for p in partitions:
-            low, high = consumer.get_watermark_offsets(  # type: ignore[attr-defined]
-                TopicPartition(topic, p), timeout=self.timeout_s)
-            out[p] = int(high)
-            if at is not None:
-                out[p] = max(int(low), 0)
-        if at is None:
-            return out
+    def _offsets_at(self, consumer: Consumer, topic: str, at: datetime, highs: dict[int, int]) -> dict[int, int]:
+        """Per partition: the first offset whose timestamp is at or after ``at`` (the log end when none is)."""
         ms = int(at.timestamp() * 1000)
-        found = consumer.offsets_for_times(  # type: ignore[attr-defined]
-            [TopicPartition(topic, p, ms) for p in partitions], timeout=self.timeout_s)
-        highs = self._offsets_at(consumer, topic, partitions, None)
+        found = consumer.offsets_for_times([TopicPartition(topic, p, ms) for p in highs], timeout=self.timeout_s)
+        out: dict[int, int] = {}
         for tp in found:
             if tp.error is not None:
                 raise BrokerUnavailable(f"offsets_for_times failed on {topic}[{tp.partition}]: {tp.error}")
             # -1: every record is older than ``at``, so the range starts (or ends) at the log end.
-            out[tp.partition] = highs[tp.partition] if tp.offset < 0 else max(int(tp.offset), out[tp.partition])
+            out[tp.partition] = highs[tp.partition] if tp.offset < 0 else int(tp.offset)
         return out
 
     # -- reading ------------------------------------------------------------------------------------
