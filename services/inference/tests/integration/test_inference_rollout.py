@@ -1,0 +1,151 @@
+"""Routing against real Triton, Redis and Kafka: canary share, stickiness, rollout from the topic."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from confluent_kafka import Producer
+from inference.service import InferRequest
+from inference.settings import Settings
+from inference.tensors import Tensor
+from schemas.registry import RolloutChangedV1
+from tributary_kit.codec import encode_event
+
+from services.inference.tests.integration.conftest import MODEL, Gateway, set_rollout, v2_body
+from tests.fixtures.triton import TritonServer
+
+pytestmark = pytest.mark.integration
+
+ROW = np.array([[0.2, 0.4, 0.6, 0.8]], dtype=np.float32)
+
+
+def _versions_for(g: Gateway, entities: list[str], concurrency: int = 32) -> list[int]:
+    async def run() -> list[int]:
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(entity: str) -> int:
+            async with limit:
+                result = await g.service.infer(InferRequest(model=MODEL, inputs=[Tensor("x", "FP32", ROW)],
+                                                            entity=entity))
+                return int(result.version)
+
+        return list(await asyncio.gather(*(one(e) for e in entities)))
+
+    return g.run(run(), timeout_s=300)
+
+
+def test_canary_share_is_within_two_points_of_the_weight_over_10000_requests(gateway: Gateway) -> None:
+    set_rollout(gateway, "canary", 2, weight=0.25)
+    entities = [f"customer-{i}" for i in range(10_000)]
+    versions = _versions_for(gateway, entities)
+    share = Counter(versions)[2] / len(versions)
+    assert abs(share - 0.25) <= 0.02, share
+
+
+def test_sticky_per_entity_across_rest_grpc_and_weight_increases(gateway: Gateway) -> None:
+    set_rollout(gateway, "canary", 2, weight=0.3)
+    entities = [f"sticky-{i}" for i in range(60)]
+    first = dict(zip(entities, _versions_for(gateway, entities), strict=True))
+    again = dict(zip(entities, _versions_for(gateway, entities), strict=True))
+    assert first == again
+    assert set(first.values()) == {1, 2}
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    try:
+        for entity in entities[:20]:
+            rest = httpx.post(f"{gateway.url}/v2/models/{MODEL}/infer", json=v2_body(ROW.tolist()),
+                              headers={"x-tributary-entity": entity})
+            assert int(rest.headers["x-tributary-model-version"]) == first[entity]
+            inp = grpcclient.InferInput("x", [1, 4], "FP32")
+            inp.set_data_from_numpy(ROW)
+            answer = client.infer(MODEL, [inp], parameters={"entity_id": entity})
+            assert int(answer.get_response().model_version) == first[entity]
+    finally:
+        client.close()
+    # Raising the weight keeps every canary caller on the canary.
+    set_rollout(gateway, "canary", 2, weight=0.6)
+    after = dict(zip(entities, _versions_for(gateway, entities), strict=True))
+    assert all(after[e] == 2 for e, v in first.items() if v == 2)
+
+
+def test_version_changes_take_effect_without_dropping_requests(gateway: Gateway) -> None:
+    statuses: Counter[int] = Counter()
+    versions: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                r = client.post(f"{gateway.url}/v2/models/{MODEL}/infer", json=v2_body(ROW.tolist()))
+                statuses[r.status_code] += 1
+                versions[r.headers.get("x-tributary-model-version", "?")] += 1
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        gateway.wait_for(lambda: statuses.total() > 50)
+        set_rollout(gateway, "champion", 2)
+        gateway.wait_for(lambda: versions["2"] > 50)
+        set_rollout(gateway, "champion", 1)
+        gateway.wait_for(lambda: versions["1"] > 100)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert set(statuses) == {200}, statuses
+
+
+def _publish_rollout(bootstrap: str, topic: str, alias: str, version: int | None, weight: float | None = None
+                     ) -> None:
+    event = RolloutChangedV1(model_name=MODEL, alias=alias, version=version, weight=weight,  # type: ignore[arg-type]
+                             changed_by="registry-test", reason="test", changed_at=datetime.now(UTC))
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topic, encode_event(event, event_id=str(uuid.uuid4()), source="registry",
+                                         occurred_at=datetime.now(UTC)), f"{MODEL}/{alias}")
+    assert producer.flush(10) == 0
+
+
+def test_registry_events_route_and_a_new_replica_rebuilds_the_table_from_the_topic(
+        served: TritonServer, settings_for: Callable[..., Settings], gateway_factory: Callable[[Settings], Gateway],
+        kafka_bootstrap: str, topics: dict[str, str]) -> None:
+    first = gateway_factory(settings_for(served))
+    _publish_rollout(kafka_bootstrap, topics["rollout"], "champion", 1)
+    _publish_rollout(kafka_bootstrap, topics["rollout"], "canary", 2, 0.5)
+    first.wait_for(lambda: MODEL in first.service.rollout.table
+                   and first.service.rollout.table[MODEL].canary == 2, message="registry events not applied")
+    # An operator change goes to Redis and back onto the topic.
+    set_rollout(first, "shadow", 4)
+    expected = {"champion": 1, "canary": 2, "canary_weight": 0.5, "shadow": 4}
+    # A replica with an empty Redis (its own prefix) rebuilds the same table from the topic alone.
+    second = gateway_factory(settings_for(served, redis_prefix=f"test-{uuid.uuid4().hex[:8]}:"))
+    second.wait_for(lambda: second.app.state.consumers["rollout"].caught_up.is_set())
+    second.wait_for(lambda: MODEL in second.service.rollout.table and second.service.rollout.table[MODEL].shadow == 4,
+                    message="the new replica did not rebuild the table")
+    route = second.service.rollout.table[MODEL]
+    assert {"champion": route.champion, "canary": route.canary, "canary_weight": route.canary_weight,
+            "shadow": route.shadow} == expected
+    r = httpx.post(f"{second.url}/v2/models/{MODEL}/infer", json=v2_body(ROW.tolist()))
+    assert r.status_code == 200 and r.headers["x-tributary-model-version"] in {"1", "2"}
+
+
+def test_stale_events_never_undo_a_newer_change(gateway: Gateway, kafka_bootstrap: str,
+                                               topics: dict[str, str]) -> None:
+    stale = RolloutChangedV1(model_name=MODEL, alias="champion", version=2, changed_by="old", reason="replayed",
+                             changed_at=datetime(2020, 1, 1, tzinfo=UTC))
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topics["rollout"], encode_event(stale, event_id=str(uuid.uuid4()), source="registry",
+                                                     occurred_at=datetime.now(UTC)), f"{MODEL}/champion")
+    producer.produce(topics["rollout"], b"not an envelope", f"{MODEL}/champion")
+    assert producer.flush(10) == 0
+    from tests.fixtures.kafka import consume
+    consume(kafka_bootstrap, f"{topics['rollout']}.dlq", count=1)  # the poison record was dead-lettered
+    assert gateway.service.rollout.table[MODEL].champion == 1
