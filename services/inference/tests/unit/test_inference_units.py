@@ -1,0 +1,212 @@
+"""Pure parts of the gateway: routing, tensors, the canary decision, mirroring, the core with fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import doctest
+import importlib
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+from inference.canary import CanaryStats, LabelJoin, Policy, Window, decide
+from inference.errors import BackendUnavailable, InvalidInput, ModelNotFound, Overloaded, http_status
+from inference.routing import ModelRoute, bucket, choose
+from inference.service import InferenceService, InferRequest
+from inference.shadow import MirrorJob, ShadowMirror
+from inference.tensors import Signature, Spec, Tensor, check_against, from_raw, from_values, to_raw
+
+
+@pytest.mark.parametrize("module", ["inference.routing", "inference.canary", "inference.shadow",
+                                    "inference.service"])
+def test_doctests(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("weight", [0.05, 0.25, 0.5, 0.9])
+def test_canary_share_over_10000_keys_is_within_two_points(weight: float) -> None:
+    route = ModelRoute("credit", champion=1, canary=2, canary_weight=weight)
+    share = Counter(choose(route, f"customer-{i}") for i in range(10_000))[(2, "canary")] / 10_000
+    assert abs(share - weight) <= 0.02
+
+
+def test_stickiness_is_monotonic_in_the_weight_and_independent_per_model() -> None:
+    keys = [f"k{i}" for i in range(2000)]
+    low = {k for k in keys if choose(ModelRoute("m", 1, 2, 0.1), k) == (2, "canary")}
+    high = {k for k in keys if choose(ModelRoute("m", 1, 2, 0.5), k) == (2, "canary")}
+    assert low < high
+    assert [bucket("a", k) for k in keys[:50]] != [bucket("b", k) for k in keys[:50]]
+
+
+def test_tensor_codecs_round_trip_and_refuse_bad_input() -> None:
+    t = from_values("x", "FP32", [2, 2], [[1, 2], [3, 4]])
+    assert t.array.dtype == np.float32 and t.shape == [2, 2]
+    assert np.array_equal(from_raw("x", "FP32", [2, 2], to_raw(t)).array, t.array)
+    s = from_values("s", "BYTES", [2], ["a", "bé"])
+    assert list(from_raw("s", "BYTES", [2], to_raw(s)).array) == [b"a", "bé".encode()]
+    for args, fragment in [(("x", "INT32", [1], [1.5]), "non-integer"), (("x", "FP32", [2], [1]), "needs 2"),
+                           (("x", "FP32", "2", [1, 2]), "list of integers"), (("", "FP32", [1], [1]), "name")]:
+        with pytest.raises(InvalidInput, match=fragment):
+            from_values(*args)
+    with pytest.raises(InvalidInput, match="needs 8 bytes"):
+        from_raw("x", "FP32", [2], b"\0" * 7)
+    with pytest.raises(InvalidInput, match="truncated"):
+        from_raw("s", "BYTES", [1], b"\1\0")
+    specs = [Spec("x", "FP32", (-1, 4))]
+    check_against([Tensor("x", "FP32", np.zeros((3, 4), np.float32))], specs, model="m", max_batch_size=8)
+    with pytest.raises(InvalidInput, match="maximum of 2"):
+        check_against([Tensor("x", "FP32", np.zeros((3, 4), np.float32))], specs, model="m", max_batch_size=2)
+    with pytest.raises(InvalidInput, match="needs input"):
+        check_against([], specs, model="m", max_batch_size=0)
+
+
+def test_decide_rolls_back_on_each_kind_of_evidence() -> None:
+    p = Policy(min_requests=100, min_requests_rollback=20, min_labelled=10, min_compared=10)
+    champ = Window(1, requests=1000, errors=1, p99_ms=4.0, labelled=100, correct=90)
+    slow = decide(p, weight=0.25, champion=champ, canary=Window(2, requests=100, p99_ms=40.0), divergence=None,
+                  compared=0)
+    assert slow.action == "rollback" and "p99" in slow.reasons[0]
+    inaccurate = decide(p, weight=0.25, champion=champ, canary=Window(2, 100, 0, 4.0, labelled=20, correct=10),
+                        divergence=None, compared=0)
+    assert inaccurate.action == "rollback" and "accuracy" in inaccurate.reasons[0]
+    far = decide(p, weight=0.25, champion=champ, canary=Window(2, 30), divergence=0.5, compared=10)
+    assert far.action == "rollback"
+    early = decide(p, weight=0.25, champion=champ, canary=Window(2, 30), divergence=0.0, compared=10)
+    assert early.action == "hold" and early.waiting
+    step = decide(p, weight=0.25, champion=champ, canary=Window(2, 100, 0, 4.1), divergence=0.001, compared=50)
+    assert (step.action, step.weight_after) == ("step", 0.5)
+
+
+def test_label_join_scores_each_prediction_once() -> None:
+    from datetime import UTC, datetime
+
+    from schemas.envelope import Envelope
+    from schemas.ingest import LabelEventV1
+
+    stats = CanaryStats()
+    join = LabelJoin(stats, capacity=2)
+    join.remember("a", "m", 1, 0.9)
+    join.remember("b", "m", 2, 0.1)
+    join.remember("c", "m", 2, 0.8)  # "a" falls out of the window
+    labels = [Envelope.wrap(LabelEventV1(event_id=f"l{e}", dataset="d", entity_id=e, event_time=datetime.now(UTC),
+                                         label=1), event_id=f"l{e}", source="t", occurred_at=datetime.now(UTC))
+              for e in ("a", "b", "c", "c")]
+    asyncio.run(join.on_labels(labels))
+    assert stats.window("m", 2).labelled == 2 and stats.window("m", 2).correct == 1
+    assert stats.window("m", 1).labelled == 0
+
+
+async def test_mirror_queue_is_bounded_and_never_blocks_the_caller() -> None:
+    release = asyncio.Event()
+    done: list[Any] = []
+
+    async def slow(model: str, version: int, inputs: list[Tensor], outputs: list[str] | None) -> list[Tensor]:
+        await release.wait()
+        return inputs
+
+    mirror = ShadowMirror(slow, lambda job, out, ms, diff: done.append(diff), queue_size=3, workers=1)
+    mirror.start()
+    t = Tensor("y", "FP32", np.zeros((1, 1), np.float32))
+    job = MirrorJob("shadow", "m", 2, [t], None, [t], 1, "r")
+    accepted = [mirror.offer(job) for _ in range(10)]
+    await asyncio.sleep(0)
+    assert accepted.count(False) >= 6 and mirror.dropped == accepted.count(False)
+    release.set()
+    assert await mirror.idle(5)
+    assert done and all(d == 0.0 for d in done)
+    await mirror.stop()
+
+
+class _Rollout:
+    loaded = True
+
+    def __init__(self, route: ModelRoute) -> None:
+        self.table = {route.model: route}
+
+    def route(self, model: str) -> ModelRoute:
+        if model not in self.table:
+            raise ModelNotFound(f"model {model!r} has no rollout")
+        return self.table[model]
+
+
+class _Backend:
+    def __init__(self, name: str, *, down: bool = False, delay: float = 0.0) -> None:
+        self.name = name
+        self.down = down
+        self.delay = delay
+        self.calls = 0
+
+    async def infer(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None, *,
+                    timeout_s: float, request_id: str = "") -> list[Tensor]:
+        self.calls += 1
+        if self.down:
+            raise BackendUnavailable("Triton is unreachable")
+        await asyncio.sleep(self.delay)
+        return [Tensor("y", "FP32", np.full((inputs[0].shape[0], 1), float(version), np.float32))]
+
+    async def signature(self, model: str, version: int) -> Signature:
+        if self.down:
+            raise BackendUnavailable("Triton is unreachable")
+        return Signature([Spec("x", "FP32", (-1, 4))], [Spec("y", "FP32", (-1, 1))], 8)
+
+    async def ready(self) -> bool:
+        return not self.down
+
+    async def model_ready(self, model: str, version: int) -> bool:
+        return not self.down
+
+    async def close(self) -> None:
+        pass
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def offer(self, event: Any) -> bool:
+        self.events.append(event)
+        return True
+
+
+def _service(backend: _Backend, fallback: _Backend | None = None, *, max_inflight: int = 10,
+             route: ModelRoute | None = None) -> tuple[InferenceService, _Sink]:
+    sink = _Sink()
+    stats = CanaryStats()
+    mirror = ShadowMirror(lambda *a: asyncio.sleep(0, []), lambda *a: None, queue_size=10, workers=1)
+    service = InferenceService(rollout=_Rollout(route or ModelRoute("m", champion=1)),  # type: ignore[arg-type]
+                               backend=backend, fallback=fallback, mirror=mirror, predictions=sink, stats=stats,
+                               labels=LabelJoin(stats, 10), store=None,  # type: ignore[arg-type]
+                               timeout_s=1.0, max_inflight=max_inflight)
+    return service, sink
+
+
+X = [Tensor("x", "FP32", np.zeros((1, 4), np.float32))]
+
+
+async def test_core_routes_publishes_and_falls_back() -> None:
+    service, sink = _service(_Backend("triton"))
+    result = await service.infer(InferRequest(model="m", inputs=X, entity="c-1"))
+    assert (result.version, result.route, result.backend) == (1, "champion", "triton")
+    assert sink.events[0].route == "champion" and sink.events[0].prediction == 1.0
+    triton, onnx = _Backend("triton", down=True), _Backend("onnxruntime")
+    service, _ = _service(triton, onnx)
+    assert (await service.infer(InferRequest(model="m", inputs=X))).backend == "onnxruntime"
+    await service.infer(InferRequest(model="m", inputs=X))
+    assert triton.calls == 0  # the breaker skips an unreachable Triton for a while
+    service, _ = _service(_Backend("triton", down=True))
+    with pytest.raises(BackendUnavailable):
+        await service.infer(InferRequest(model="m", inputs=X))
+
+
+async def test_core_sheds_load_and_refuses_unknown_or_unapproved_versions() -> None:
+    service, _ = _service(_Backend("triton", delay=0.05), max_inflight=2)
+    results = await asyncio.gather(*(service.infer(InferRequest(model="m", inputs=X)) for _ in range(5)),
+                                   return_exceptions=True)
+    assert sum(isinstance(r, Overloaded) for r in results) == 3
+    assert http_status(Overloaded("x")) == 429
+    with pytest.raises(ModelNotFound):
+        await service.infer(InferRequest(model="other", inputs=X))
+    with pytest.raises(ModelNotFound, match="not in its rollout"):
+        await service.infer(InferRequest(model="m", inputs=X, version=7))
