@@ -270,7 +270,8 @@ class DatasetMonitor:
         if self.spec is not None and (fs := self.spec.feature(name)) is not None:
             lo, hi = fs.min, fs.max
         ref = self.reference.features.get(name)
-        if isinstance(ref, NumericReference):
+        # A bootstrapped reference's range is one window's: too narrow to call values outside it wrong.
+        if isinstance(ref, NumericReference) and self.reference.source == "registry":
             lo = ref.min if lo is None else lo
             hi = ref.max if hi is None else hi
         return lo, hi

@@ -1,0 +1,78 @@
+"""HTTP routes: drift status, recent reports, health and metrics; the one error-to-status table."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from schemas.drift import DriftReportV1
+
+from drift.deps import ServiceDep
+from drift.errors import DriftError, ReferenceUnavailable, ReplayError, ReportNotFound, UnknownDataset
+
+router = APIRouter()
+
+_STATUS: dict[type[DriftError], int] = {UnknownDataset: 404, ReportNotFound: 404, ReferenceUnavailable: 502,
+                                        ReplayError: 400}
+
+
+async def on_drift_error(request: Request, exc: Exception) -> JSONResponse:
+    """The HTTP boundary of :class:`DriftError`."""
+    assert isinstance(exc, DriftError)
+    return JSONResponse({"error": str(exc), "code": type(exc).__name__}, status_code=_STATUS.get(type(exc), 400))
+
+
+class DriftStatusPublic(BaseModel):
+    """Every monitored dataset: window progress, reference, policy state, last report."""
+
+    datasets: list[dict[str, Any]]
+
+
+class DriftReportsPublic(BaseModel):
+    """Recent reports of a dataset, newest first."""
+
+    data: list[DriftReportV1]
+    count: int
+
+
+@router.get("/v1/drift/status")
+async def drift_status(service: ServiceDep) -> DriftStatusPublic:
+    """Status of every dataset the drift service has seen."""
+    return DriftStatusPublic.model_validate(service.status())
+
+
+@router.get("/v1/drift/reports")
+async def drift_reports(service: ServiceDep, dataset: str,
+                        limit: Annotated[int, Query(ge=1, le=500)] = 20) -> DriftReportsPublic:
+    """The most recent reports of ``dataset``, newest first."""
+    data = service.reports(dataset, limit)
+    return DriftReportsPublic(data=data, count=len(data))
+
+
+@router.get("/v1/drift/reports/{report_id}")
+async def drift_report(service: ServiceDep, report_id: str) -> DriftReportV1:
+    """One recent report."""
+    return service.report(report_id)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the stream app is running and its table is recovered."""
+    app = request.app.state.faust
+    ready = bool(app.started) and not app.rebalancing and app.tables.recovery.completed.is_set()
+    return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    """Prometheus exposition."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,256 @@
+"""The drift core: events to monitors, champions' references, label joins, reports and commands.
+
+Routes events to the per-dataset monitors, keeps the champions' references, joins labels to
+predictions, and publishes reports and retrain commands. Knows nothing of Kafka.
+
+Everything durable goes through one ``MutableMapping`` (the stream's Faust table): the
+monitors' windows, the dataset specs, which dataset each model serves, the current champion
+per model and the predictions waiting for their label.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from schemas.dataset import DatasetSpec, DatasetSpecRegisteredV1
+from schemas.drift import DriftReportV1
+from schemas.inference import PredictionEventV1
+from schemas.ingest import FeatureEventV1, LabelEventV1
+from schemas.registry import ModelRegisteredV1, RolloutChangedV1
+from schemas.training import RetrainCommandV1, TrainingWindow
+
+from drift import metrics
+from drift.errors import ReferenceUnavailable, ReportNotFound, UnknownDataset
+from drift.monitor import DatasetMonitor, MonitorConfig, Observation, WindowOutcome, error_of
+from drift.reference import VersionInfo, parse_reference
+
+log = logging.getLogger(__name__)
+
+
+class ReferenceSource(Protocol):
+    """Where champions' reference statistics come from (the registry client, or a fake)."""
+
+    async def version(self, model_name: str, version: int) -> VersionInfo:
+        """One version's dataset and reference statistics."""
+        ...
+
+
+class Publisher(Protocol):
+    """Publishes what the drift service decides."""
+
+    async def report(self, report: DriftReportV1) -> None:
+        """Publish one window's report."""
+        ...
+
+    async def command(self, command: RetrainCommandV1) -> None:
+        """Publish a retrain command."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPosition:
+    """Where a feature event was read (window offsets and redelivery checks need it)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class DriftService:
+    """Transport-agnostic drift handling; the stream's agents call one method per event."""
+
+    def __init__(self, config: MonitorConfig, store: MutableMapping[str, Any], *, references: ReferenceSource,
+                 publisher: Publisher, requested_by: str = "drift") -> None:
+        self.config = config
+        self.store = store
+        self._references = references
+        self._publisher = publisher
+        self._requested_by = requested_by
+        self._monitors: dict[str, DatasetMonitor] = {}
+
+    def monitor(self, dataset: str) -> DatasetMonitor:
+        """The monitor of ``dataset`` (restored from the store the first time)."""
+        found = self._monitors.get(dataset)
+        if found is None:
+            raw_spec = self.store.get(f"spec/{dataset}")
+            spec = DatasetSpec.model_validate(raw_spec) if raw_spec else None
+            found = self._monitors[dataset] = DatasetMonitor(dataset, self.config, self.store, spec=spec)
+        return found
+
+    # ---- registry and specs ---------------------------------------------------------------
+
+    async def on_spec(self, event: DatasetSpecRegisteredV1) -> None:
+        """A dataset spec was registered or replaced."""
+        spec = event.spec
+        self.store[f"spec/{spec.name}"] = spec.model_dump(mode="json")
+        if spec.name in self._monitors:
+            self._monitors[spec.name].set_spec(spec)
+
+    async def on_model_registered(self, event: ModelRegisteredV1) -> None:
+        """Remember which dataset a model serves; refresh the reference when this version is champion."""
+        if event.dataset:
+            self.store[f"model/{event.model_name}"] = event.dataset
+        if self.store.get(f"champion/{event.model_name}") == event.version:
+            await self._load_reference(event.model_name, event.version, force=True)
+
+    async def on_rollout_changed(self, event: RolloutChangedV1) -> None:
+        """A new champion: test against its reference from now on."""
+        if event.alias != "champion" or event.version is None:
+            return
+        self.store[f"champion/{event.model_name}"] = event.version
+        await self._load_reference(event.model_name, event.version, force=False)
+
+    async def _load_reference(self, model_name: str, version: int, *, force: bool) -> None:
+        try:
+            info = await self._references.version(model_name, version)
+        except ReferenceUnavailable as exc:
+            log.warning("reference not loaded", extra={"model": model_name, "version": version, "reason": str(exc)})
+            self.store[f"reference-error/{model_name}"] = str(exc)
+            return
+        self.store.pop(f"reference-error/{model_name}", None)
+        dataset = info.dataset or self.store.get(f"model/{model_name}")
+        if not dataset:
+            log.warning("champion serves no known dataset; no reference set", extra={"model": model_name})
+            return
+        self.store[f"model/{model_name}"] = dataset
+        monitor = self.monitor(dataset)
+        current = monitor.reference
+        if not force and current.model_name == model_name and current.version == version:
+            return  # redelivered or replayed rollout: keep the state (no re-arm)
+        reference = parse_reference(info.reference_stats, model_name=model_name, version=version,
+                                    psi_bins=self.config.psi_bins)
+        if reference.source == "none":
+            reference = type(reference)(model_name, version, "none", problems=reference.problems)
+        monitor.set_reference(reference)
+        metrics.REFERENCE_VERSION.labels(dataset).set(version if reference.usable else 0)
+        log.info("reference set", extra={"dataset": dataset, "model": model_name, "version": version,
+                                         "source": reference.source, "problems": reference.problems[:5]})
+
+    # ---- data -----------------------------------------------------------------------------
+
+    async def on_features(self, event: FeatureEventV1, at: RecordPosition) -> WindowOutcome | None:
+        """Count one feature event; publish the report (and command) of a window it closes."""
+        monitor = self.monitor(event.dataset)
+        outcome = monitor.observe(Observation(dict(event.features), event.event_time, at.topic, at.partition,
+                                              at.offset))
+        if outcome is None:
+            return None
+        report = outcome.report
+        for row in report.results:
+            labels = (report.dataset, row.feature, row.test)
+            metrics.STATISTIC.labels(*labels).set(row.statistic)
+            metrics.DRIFTED.labels(*labels).set(1 if row.drifted else 0)
+            if row.adjusted_p_value is not None:
+                metrics.P_VALUE.labels(*labels).set(row.adjusted_p_value)
+            if row.test == "page_hinkley":
+                metrics.ERROR_RATE.labels(report.dataset).set(row.statistic)
+        metrics.WINDOWS.labels(report.dataset, "drifted" if report.drifted else "clean").inc()
+        await self._publisher.report(report)
+        if outcome.retrain:
+            if report.model_name is None:
+                log.warning("retrain wanted but no champion is known for the dataset",
+                            extra={"dataset": report.dataset})
+            else:
+                await self._publisher.command(self.command_for(report))
+                metrics.RETRAINS.labels(report.dataset, report.model_name).inc()
+        return outcome
+
+    def command_for(self, report: DriftReportV1) -> RetrainCommandV1:
+        """The retrain command a drifted report asks for (its id is derived from the report's)."""
+        assert report.model_name is not None
+        return RetrainCommandV1(
+            command_id=f"drift-{report.report_id}", dataset=report.dataset, model_name=report.model_name,
+            reason="drift", window=TrainingWindow(end_time=report.window_end), requested_by=self._requested_by,
+            requested_at=datetime.now(UTC), drift_report_id=report.report_id,
+            note=f"drifted: {', '.join(report.drifted_features[:20])}; {report.decision}"[:1000])
+
+    def _dataset_of(self, dataset: str | None, model_name: str) -> str | None:
+        return dataset or self.store.get(f"model/{model_name}")
+
+    def on_prediction(self, event: PredictionEventV1) -> bool:
+        """Count a champion prediction and keep it for the label join; False when it was not used."""
+        dataset = self._dataset_of(event.dataset, event.model_name)
+        if event.route != "champion" or not dataset:
+            return False
+        value = event.prediction
+        if value is None and event.outputs:
+            first = next(iter(event.outputs.values()))
+            value = first[0] if len(first) == 1 else None
+        self.monitor(dataset).observe_prediction(value)
+        if event.entity_id and value is not None:
+            self.store[f"pred/{dataset}/{event.entity_id}"] = [value, event.model_version]
+        return True
+
+    def on_label(self, event: LabelEventV1) -> bool:
+        """Join a label to its entity's last champion prediction and feed the error to the detectors."""
+        key = f"pred/{event.dataset}/{event.entity_id}"
+        pending = self.store.get(key)
+        if pending is None:
+            return False
+        raw_spec = self.store.get(f"spec/{event.dataset}")
+        regression = (raw_spec or {}).get("label", {}).get("type") == "regression"
+        self.monitor(event.dataset).observe_error(error_of(pending[0], event.label, regression=regression))
+        del self.store[key]
+        return True
+
+    # ---- queries --------------------------------------------------------------------------
+
+    def datasets(self) -> list[str]:
+        """Datasets with monitor state."""
+        return sorted({str(k)[5:] for k in list(self.store.keys()) if str(k).startswith("head/")})
+
+    def status(self) -> dict[str, Any]:
+        """Every dataset's window progress, reference, policy state and last report."""
+        out = []
+        for dataset in self.datasets():
+            m = self.monitor(dataset)
+            reports = self.store.get(f"reports/{dataset}") or []
+            last = reports[-1] if reports else None
+            ref = m.reference
+            out.append({
+                "dataset": dataset,
+                "model_name": ref.model_name,
+                "model_version": ref.version,
+                "reference": {"source": ref.source, "features": sorted(ref.features),
+                              "prediction": ref.prediction is not None, "problems": ref.problems,
+                              "error": self.store.get(f"reference-error/{ref.model_name}") if ref.model_name else None},
+                "events": m.seq,
+                "window": {"size": m.config.window_size, "step": m.config.window_step, "in_window": m.in_window,
+                           "closed": m.windows},
+                "policy": m.policy_state.to_dict(),
+                "joined_errors": m.eseq,
+                "last_report": None if last is None else {
+                    "report_id": last["report_id"], "window_end": last["window_end"], "drifted": last["drifted"],
+                    "drifted_features": last["drifted_features"], "retrain_requested": last["retrain_requested"],
+                    "decision": last["decision"]},
+            })
+        return {"datasets": out}
+
+    def reports(self, dataset: str, limit: int) -> list[DriftReportV1]:
+        """The most recent reports of ``dataset``, newest first.
+
+        Raises:
+            UnknownDataset: no state for that dataset.
+
+        """
+        if f"head/{dataset}" not in self.store:
+            raise UnknownDataset(f"no drift state for dataset {dataset!r}; is it receiving feature events?")
+        raw = self.store.get(f"reports/{dataset}") or []
+        return [DriftReportV1.model_validate(r) for r in reversed(raw[-limit:])]
+
+    def report(self, report_id: str) -> DriftReportV1:
+        """One recent report by id.
+
+        Raises:
+            ReportNotFound: not among the reports kept.
+
+        """
+        dataset = report_id.rsplit("-w", 1)[0]
+        for raw in self.store.get(f"reports/{dataset}") or []:
+            if raw["report_id"] == report_id:
+                return DriftReportV1.model_validate(raw)
+        raise ReportNotFound(f"report {report_id!r} is not among the last {self.config.reports_kept} of its dataset")

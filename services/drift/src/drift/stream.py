@@ -1,0 +1,142 @@
+"""The Faust app: one agent per input topic, each a thin adapter over :class:`DriftService`.
+
+faust-streaming 0.15 with its aiokafka 0.14 driver works against Kafka 4.x (KRaft) as it is:
+producing, group consumption, commits and a table restored from its changelog were checked
+against the project's broker, so no compatibility shim is needed.
+
+State: one table (``<app_id>-state-changelog``, one partition, keys placed by the
+partitioner) holds everything the service keeps. One partition because the monitors' keys
+are per dataset while the inputs are partitioned by entity; a single worker owns all of it
+(see the README on scaling out).
+
+Delivery: an exception in a Faust agent acks the message, so every iteration is wrapped:
+a record that can never be processed goes to ``<topic>.dlq`` with the reason; publishing
+(reports, commands, dead letters) is awaited inside the iteration, so offsets are committed
+only after the outputs were acknowledged. A crash before the commit redelivers the record; the
+monitor skips offsets it already applied and reports/commands carry deterministic ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import faust
+from schemas.dataset import DatasetSpecRegisteredV1
+from schemas.drift import DriftReportV1
+from schemas.envelope import Event
+from schemas.inference import PredictionEventV1
+from schemas.ingest import FeatureEventV1, LabelEventV1
+from schemas.registry import ModelRegisteredV1, RolloutChangedV1
+from schemas.training import RetrainCommandV1
+
+from drift import metrics
+from drift.kafka import PoisonMessage, dead_letter_bytes, decode_value, encode_payload
+from drift.reference import RegistryClient
+from drift.service import DriftService, RecordPosition
+from drift.settings import Settings
+from schemas import topics
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
+
+
+class FaustPublisher:
+    """Publishes reports and commands through the Faust app's producer; awaits the broker's ack."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._reports = app.topic(topics.DRIFT_REPORTS, key_serializer="raw", value_serializer="raw")
+        self._commands = app.topic(topics.RETRAIN_COMMANDS, key_serializer="raw", value_serializer="raw")
+
+    async def report(self, report: DriftReportV1) -> None:
+        """Publish one report, keyed by dataset."""
+        fut = await self._reports.send(key=report.dataset.encode(),
+                                       value=encode_payload(report, event_id=report.report_id))
+        await fut
+
+    async def command(self, command: RetrainCommandV1) -> None:
+        """Publish one retrain command, keyed by model name."""
+        fut = await self._commands.send(key=command.model_name.encode(),
+                                        value=encode_payload(command, event_id=command.command_id))
+        await fut
+
+
+def _broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
+
+
+def build_stream(settings: Settings, *, registry: RegistryClient) -> tuple[faust.App, DriftService]:
+    """The Faust app and the service its agents drive; nothing connects until the app starts."""
+    app = faust.App(
+        settings.app_id,
+        broker=_broker_url(settings.kafka_bootstrap),
+        store="memory://",                  # the changelog topic is the durable copy
+        datadir=settings.state_dir,
+        web_enabled=False,                  # the FastAPI app serves HTTP
+        autodiscover=False,
+        topic_partitions=1,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+    )
+    state = app.Table("state", default=None, partitions=1, use_partitioner=True,
+                      schema=faust.Schema(key_serializer="json", value_serializer="json"))
+    service = DriftService(settings.monitor_config(), state, references=registry, publisher=FaustPublisher(app))
+    dlq_topics = {name: app.topic(topics.dlq(name), key_serializer="raw", value_serializer="raw")
+                  for name in (topics.FEATURES, topics.PREDICTIONS, topics.LABELS, topics.DATASET_SPECS,
+                               topics.MODEL_REGISTERED, topics.ROLLOUT_CHANGED)}
+
+    def source(name: str) -> faust.TopicT:
+        return app.topic(name, key_serializer="raw", value_serializer="raw")
+
+    async def dead_letter(event: Any, reason: str) -> None:
+        msg = event.message
+        fut = await dlq_topics[msg.topic].send(
+            key=msg.key, value=dead_letter_bytes(topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                                                 key=msg.key, raw=msg.value, reason=reason))
+        await fut
+        metrics.RECORDS.labels(msg.topic, "dead_letter").inc()
+
+    def agent(topic_name: str, payload_type: type[E],
+              handle: Callable[[E, RecordPosition], Awaitable[object]]) -> None:
+        async def process(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+            async for event in stream.events():
+                msg = event.message
+                try:
+                    envelope = decode_value(event.value, payload_type)
+                    used = await handle(envelope.payload, RecordPosition(msg.topic, msg.partition, msg.offset))
+                    metrics.RECORDS.labels(msg.topic, "skipped" if used is False else "applied").inc()
+                except PoisonMessage as exc:
+                    await dead_letter(event, str(exc))
+                except Exception as exc:   # never let faust ack a record silently (STYLE H7)
+                    log.exception("record failed; dead-lettered", extra={"topic": msg.topic, "offset": msg.offset})
+                    await dead_letter(event, f"processing failed: {type(exc).__name__}: {exc}")
+                yield None
+
+        process.__name__ = f"drift_{topic_name.replace('.', '_').replace('-', '_')}"
+        app.agent(source(topic_name), name=process.__name__)(process)
+
+    async def on_prediction(e: PredictionEventV1, _: RecordPosition) -> bool:
+        return service.on_prediction(e)
+
+    async def on_label(e: LabelEventV1, _: RecordPosition) -> bool:
+        return service.on_label(e)
+
+    async def on_spec(e: DatasetSpecRegisteredV1, _: RecordPosition) -> None:
+        await service.on_spec(e)
+
+    async def on_registered(e: ModelRegisteredV1, _: RecordPosition) -> None:
+        await service.on_model_registered(e)
+
+    async def on_rollout(e: RolloutChangedV1, _: RecordPosition) -> None:
+        await service.on_rollout_changed(e)
+
+    agent(topics.DATASET_SPECS, DatasetSpecRegisteredV1, on_spec)
+    agent(topics.MODEL_REGISTERED, ModelRegisteredV1, on_registered)
+    agent(topics.ROLLOUT_CHANGED, RolloutChangedV1, on_rollout)
+    agent(topics.FEATURES, FeatureEventV1, service.on_features)
+    agent(topics.PREDICTIONS, PredictionEventV1, on_prediction)
+    agent(topics.LABELS, LabelEventV1, on_label)
+    return app, service
