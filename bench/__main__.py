@@ -11,9 +11,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import ingest_throughput
+from bench import drift_throughput, ingest_throughput
 
-BENCHMARKS = {"ingest": ingest_throughput.run}
+BENCHMARKS = {"ingest": ingest_throughput.run, "drift": drift_throughput.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,12 +18,13 @@ makes a window cost ``O(step + cells)`` instead of a fresh sort of both samples.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from schemas.dataset import DatasetSpec
 from schemas.drift import DriftReportV1, DriftTest, FeatureDrift
 from schemas.training import OffsetRange
@@ -93,12 +94,12 @@ class Observation:
 
     def to_json(self) -> list[Any]:
         """Compact form for a ring slot."""
-        return [self.event_time.isoformat(), self.topic, self.partition, self.offset, self.features]
+        return [self.event_time.timestamp(), self.topic, self.partition, self.offset, self.features]
 
     @classmethod
     def from_json(cls, data: list[Any]) -> Observation:
         """Back from :meth:`to_json`."""
-        return cls(data[4], datetime.fromisoformat(data[0]), data[1], data[2], data[3])
+        return cls(data[4], datetime.fromtimestamp(data[0], UTC), data[1], data[2], data[3])
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,34 +293,42 @@ class DatasetMonitor:
         self._removed: list[Observation] = []
 
     def _flush(self) -> None:
-        """Apply the events that entered and left the window since the last flush (vectorised)."""
+        """Apply the events that entered and left the window since the last flush (vectorised).
+
+        Works column by column (one list comprehension per feature, numpy for the numeric
+        counts and bounds), which is what keeps the per-value cost far below a fresh test.
+        """
         for sign, batch in ((1, self._added), (-1, self._removed)):
             if not batch:
                 continue
-            numeric_values: dict[str, list[float]] = {name: [] for name in self._numeric}
-            for obs in batch:
-                for name, value in obs.features.items():
-                    self._carried[name] = self._carried.get(name, 0) + sign
-                    if value is None:
-                        continue
-                    self._present[name] = self._present.get(name, 0) + sign
-                    if isinstance(value, str):
-                        table = self._categorical.get(name)
-                        if table is not None:
-                            table.add(value, sign)
-                        continue
-                    values = numeric_values.get(name)
-                    if values is not None:
-                        values.append(float(value))
-                    lo, hi = self._bound_cache.get(name, (None, None))
-                    if (lo is not None and value < lo) or (hi is not None and value > hi):
-                        self._out_of_range[name] = self._out_of_range.get(name, 0) + sign
-            for name, values in numeric_values.items():
-                acc = self._numeric[name]
-                if acc.ks is not None:
-                    acc.ks.add_many(values, sign)
-                if acc.bins is not None:
-                    acc.bins.add_many(values, sign)
+            rows = [obs.features for obs in batch]
+            carried = Counter(name for row in rows for name in row)
+            for name, k in carried.items():
+                self._carried[name] = self._carried.get(name, 0) + sign * k
+            for name in carried:
+                column = [row.get(name) for row in rows]
+                strings = [v for v in column if isinstance(v, str)]
+                numbers = [v for v in column if v is not None and not isinstance(v, str)]
+                self._present[name] = self._present.get(name, 0) + sign * (len(strings) + len(numbers))
+                table = self._categorical.get(name)
+                if table is not None:
+                    for v in strings:
+                        table.add(v, sign)
+                if not numbers:
+                    continue
+                values = np.asarray(numbers, dtype=np.float64)
+                lo, hi = self._bound_cache.get(name, (None, None))
+                if lo is not None or hi is not None:
+                    outside = (values < lo) if lo is not None else np.zeros(values.size, bool)
+                    if hi is not None:
+                        outside |= values > hi
+                    self._out_of_range[name] = self._out_of_range.get(name, 0) + sign * int(outside.sum())
+                acc = self._numeric.get(name)
+                if acc is not None:
+                    if acc.ks is not None:
+                        acc.ks.add_many(values, sign)
+                    if acc.bins is not None:
+                        acc.bins.add_many(values, sign)
         self._added = []
         self._removed = []
 
@@ -498,12 +507,20 @@ def _category(value: FeatureValue) -> str:
 
 
 def _offset_ranges(events: Iterable[Observation]) -> list[OffsetRange]:
-    bounds: dict[tuple[str, int], tuple[int, int]] = {}
+    lows: dict[tuple[str, int], int] = {}
+    highs: dict[tuple[str, int], int] = {}
     for e in events:
-        lo, hi = bounds.get((e.topic, e.partition), (e.offset, e.offset))
-        bounds[(e.topic, e.partition)] = (min(lo, e.offset), max(hi, e.offset))
-    return [OffsetRange(topic=t, partition=p, start_offset=lo, end_offset=hi + 1)
-            for (t, p), (lo, hi) in sorted(bounds.items())]
+        key = (e.topic, e.partition)
+        o = e.offset
+        lo = lows.get(key)
+        if lo is None:
+            lows[key] = highs[key] = o
+        elif o < lo:
+            lows[key] = o
+        elif o > highs[key]:
+            highs[key] = o
+    return [OffsetRange(topic=t, partition=p, start_offset=lows[(t, p)], end_offset=highs[(t, p)] + 1)
+            for t, p in sorted(lows)]
 
 
 def error_of(prediction: FeatureValue, label: bool | int | float | str, *, regression: bool) -> float:

@@ -17,7 +17,7 @@ A new champion re-arms the machine (its own drift is a new question) but keeps t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -74,7 +74,8 @@ class PolicyState:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
-        return asdict(self)
+        return {"armed": self.armed, "drifted_run": self.drifted_run, "clean_run": self.clean_run,
+                "last_fired_at": self.last_fired_at, "commands": self.commands}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> PolicyState:
