@@ -79,9 +79,9 @@ class ServiceProcess:
     def start(self, timeout_s: float = 120.0) -> None:
         """Start the process and wait until its readiness URL answers 200."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, stdout=log,
-                                        stderr=subprocess.STDOUT, cwd=REPO)
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen([sys.executable, "-m", self.module], env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + timeout_s
         while True:
             if self.process.poll() is not None:
