@@ -11,9 +11,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import drift_throughput, ingest_throughput
+from bench import inference_latency, ingest_throughput
 
-BENCHMARKS = {"ingest": ingest_throughput.run, "drift": drift_throughput.run}
+BENCHMARKS = {"ingest": ingest_throughput.run, "inference": inference_latency.run}
 
 
 def main(argv: list[str] | None = None) -> int:

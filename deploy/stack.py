@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -22,7 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deploy.localstack import REPO, Broker, ServiceProcess, StartError
+from deploy.localstack import REPO, Broker, ServiceProcess, StartError, free_port
+from deploy.triton import TritonServer, python_backend_repository
 
 STATE = Path(os.environ.get("TRIBUTARY_STATE", REPO / ".tributary"))
 
@@ -112,6 +114,40 @@ class Generator:
             self.stop.wait(max(0.0, 1.0 - (time.monotonic() - started)))
 
 
+class RedisProcess:
+    """redis-server for the stack (append-only file in ``data_dir``, kept between runs)."""
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://`` URL of the server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start and wait until it answers PING."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+             "--appendonly", "yes", "--save", "", "--logfile", str(self.data_dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        ping = ["redis-cli", "-p", str(self.port), "ping"]
+        while subprocess.run(ping, capture_output=True).stdout.strip() != b"PONG":
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise StartError(f"redis-server did not start (log: {self.data_dir / 'redis.log'})")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start the stack, stream the demo, stop everything on Ctrl-C or after ``--duration``."""
     parser = argparse.ArgumentParser(description="Run the Tributary stack locally in the foreground.")
@@ -119,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=50, help="demo events per second (0: no generator)")
     parser.add_argument("--kafka-port", type=int, default=int(os.environ.get("KAFKA_PORT", 9092)))
     parser.add_argument("--ingest-port", type=int, default=int(os.environ.get("INGEST_PORT", 8001)))
+    parser.add_argument("--inference-port", type=int, default=int(os.environ.get("INFERENCE_PORT", 8003)))
+    parser.add_argument("--model-repository", type=Path, default=STATE / "models",
+                        help="the registry's Triton model repository the local Triton and the gateway serve")
     args = parser.parse_args(argv)
 
     stopping = threading.Event()
@@ -127,21 +166,42 @@ def main(argv: list[str] | None = None) -> int:
     broker = Broker(STATE / "kafka", port=args.kafka_port,
                     controller_port=int(os.environ.get("KAFKA_CONTROLLER_PORT", args.kafka_port + 1)))
     ingest_url = f"http://127.0.0.1:{args.ingest_port}"
+    redis = RedisProcess(STATE / "redis", int(os.environ.get("REDIS_PORT", 0)) or free_port())
+    # Local CPU Triton serving the Python-backend twin of the registry's repository (deploy/triton.py).
+    args.model_repository.mkdir(parents=True, exist_ok=True)
+    triton = TritonServer(STATE / "triton" / "models", STATE / "triton", http_port=free_port(), grpc_port=free_port(),
+                          metrics_port=free_port())
+    inference_url = f"http://127.0.0.1:{args.inference_port}"
     services = [
         ServiceProcess("ingest", "ingest", {"INGEST_KAFKA_BOOTSTRAP": broker.bootstrap,
                                             "INGEST_PORT": str(args.ingest_port)},
                        ready_url=f"{ingest_url}/readyz", log_path=logs / "ingest.log"),
+        ServiceProcess("inference", "inference", {
+            "INFERENCE_KAFKA_BOOTSTRAP": broker.bootstrap, "INFERENCE_PORT": str(args.inference_port),
+            "INFERENCE_GRPC_PORT": str(args.inference_port + 1), "INFERENCE_REDIS_URL": redis.url,
+            "INFERENCE_TRITON_GRPC_URL": triton.grpc_url, "INFERENCE_FALLBACK": "onnxruntime",
+            "INFERENCE_MODEL_REPOSITORY": str(args.model_repository)},
+            ready_url=f"{inference_url}/readyz", log_path=logs / "inference.log"),
     ]
     started: list[ServiceProcess] = []
     generator: Generator | None = None
     try:
         say(f"starting Kafka on {broker.bootstrap} (data in {broker.data_dir})")
         broker.start()
+        say(f"starting Redis on {redis.url}")
+        redis.start()
+        models = python_backend_repository(args.model_repository, triton.repository)
+        say(f"starting Triton (CPU) on {triton.grpc_url}, models: {', '.join(models) or 'none yet'}")
+        triton.start()
+        for model in models:
+            triton.load(model)
         for service in services:
             say(f"starting {service.name} (log: {service.log_path})")
             service.start()
             started.append(service)
         say(f"ingest ready: {ingest_url}  (API docs {ingest_url}/docs, metrics {ingest_url}/metrics)")
+        say(f"inference gateway ready: {inference_url} (gRPC 127.0.0.1:{args.inference_port + 1}, "
+            f"rollouts {inference_url}/v1/rollout)")
         status, answer = post(f"{ingest_url}/v1/datasets/credit", DEMO_SPEC, method="PUT")
         if status not in (200, 201):
             raise StartError(f"could not register the demo dataset: {status} {answer}")
@@ -175,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             generator.stop.set()
         for service in reversed(started):
             service.stop()
+        triton.stop()
+        redis.stop()
         try:
             broker.stop()
         except StartError as exc:
