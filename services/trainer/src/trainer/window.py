@@ -25,7 +25,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from schemas.training import OffsetRange, TrainingWindow
@@ -44,7 +43,7 @@ from trainer.table import Example
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R", FeatureRow, LabelRow)
+Row = FeatureRow | LabelRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,26 +137,33 @@ class WindowReader:
             BrokerUnavailable: the broker did not answer, or the ranges could not be read in time.
 
         """
-        feature_ranges = [r for r in window.offsets if r.topic == self.features_topic]
-        label_ranges = [r for r in window.offsets if r.topic == self.labels_topic]
-        features, f_records, f_bad = self._read(feature_ranges, lambda raw: feature_row(raw, dataset))
-        labels, l_records, l_bad = self._read(label_ranges, lambda raw: label_row(raw, dataset))
+        parsers: dict[str, Callable[[bytes | None], Row | None]] = {
+            self.features_topic: lambda raw: feature_row(raw, dataset),
+            self.labels_topic: lambda raw: label_row(raw, dataset),
+        }
+        # One consumer reads both topics at once: one connection, one set of fetches.
+        rows, counts, unreadable = self._read(list(window.offsets), parsers)
+        features = [r for r in rows if isinstance(r, FeatureRow)]
+        labels = [r for r in rows if isinstance(r, LabelRow)]
+        f_records, l_records = counts.get(self.features_topic, 0), counts.get(self.labels_topic, 0)
         if not features:
             raise EmptyWindow(f"no feature events of dataset {dataset!r} in the window "
                               f"{_describe(window)}; widen the window or check that ingest receives data")
         examples, duplicates, unlabelled, unmatched = join(features, labels)
         return WindowData(window=window, examples=examples, feature_records=f_records, label_records=l_records,
-                          feature_events=len(features), duplicates=duplicates, unreadable=f_bad + l_bad,
+                          feature_events=len(features) - duplicates, duplicates=duplicates, unreadable=unreadable,
                           unlabelled=unlabelled, labels_unmatched=unmatched)
 
-    def _read(self, ranges: list[OffsetRange], parse: Callable[[bytes | None], R | None]) -> tuple[list[R], int, int]:
-        """Rows parsed from every record in ``ranges``, in (partition, offset) order; records read; unreadable."""
+    def _read(self, ranges: list[OffsetRange], parsers: dict[str, Callable[[bytes | None], Row | None]],
+              ) -> tuple[list[Row], dict[str, int], int]:
+        """Rows parsed from ``ranges`` in (topic, partition, offset) order, records read per topic, unreadable."""
         todo = {(r.topic, r.partition): r for r in ranges if r.end_offset > r.start_offset}
+        counts: dict[str, int] = defaultdict(int)
         if not todo:
-            return [], 0, 0
+            return [], counts, 0
         consumer = build_reader(self.bootstrap, "window")
-        rows: dict[tuple[str, int], list[R]] = defaultdict(list)
-        records = unreadable = 0
+        rows: dict[tuple[str, int], list[Row]] = defaultdict(list)
+        unreadable = 0
         try:
             for (topic, p), r in todo.items():
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=self.timeout_s)
@@ -171,7 +177,7 @@ class WindowReader:
                 if time.monotonic() > deadline:
                     raise BrokerUnavailable(f"could not read {sorted(pending)} to their end offsets within "
                                             f"{self.timeout_s}s")
-                for msg in consumer.consume(self.batch_size, 0.5):
+                for msg in consumer.consume(self.batch_size, 0.1):
                     key = (msg.topic() or "", msg.partition() or 0)
                     if key not in pending:
                         continue
@@ -188,9 +194,9 @@ class WindowReader:
                         pending.discard(key)
                         consumer.pause([TopicPartition(*key)])
                         continue
-                    records += 1
+                    counts[key[0]] += 1
                     try:
-                        row = parse(msg.value())
+                        row = parsers[key[0]](msg.value())
                     except Unreadable:
                         unreadable += 1
                         row = None
@@ -204,7 +210,7 @@ class WindowReader:
         finally:
             consumer.close()
         ordered = [row for key in sorted(rows) for row in rows[key]]
-        return ordered, records, unreadable
+        return ordered, counts, unreadable
 
 
 def recent_requests(bootstrap: str, topic: str, model_name: str, count: int, *, scan: int = 2000,

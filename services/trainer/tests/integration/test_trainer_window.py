@@ -28,7 +28,7 @@ def test_a_window_is_resolved_to_offsets_joined_and_replayed_exactly(
     rows = make_rows(300, seed=11)
     start = datetime.now(UTC) - timedelta(seconds=1)
     name = dataset(rows, labels="mixed", duplicates=20)
-    end = datetime.now(UTC) + timedelta(seconds=1)
+    end = datetime.now(UTC) + timedelta(milliseconds=1)  # every record so far is older (acknowledged)
     window = reader(settings).resolve(TrainingWindow(start_time=start, end_time=end))
     assert {r.topic for r in window.offsets} == {FEATURES, LABELS}
     assert window.start_time == start and window.end_time == end
