@@ -30,6 +30,7 @@ from tributary_kit.telemetry import build_tracer_provider
 from inference import __version__, api
 from inference.canary import CanaryAnalyzer, CanaryStats, LabelJoin, Policy
 from inference.consumer import RequestHandler
+from inference.contracts import RegistryContracts
 from inference.errors import InferenceError
 from inference.fallback import OnnxFallback
 from inference.features import OnlineStore
@@ -71,6 +72,8 @@ def create_app(settings: Settings) -> FastAPI:
         backend = TritonBackend(settings.triton_grpc_url, connections=settings.triton_connections,
                                 timeout_s=settings.backend_timeout_s)
         fallback = OnnxFallback(fallback_root) if fallback_root is not None else None
+        contracts = (RegistryContracts(settings.registry_url, timeout_s=settings.registry_timeout_s)
+                     if settings.registry_url else None)
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         consumers: list[EventConsumer[Any]] = []
@@ -101,7 +104,8 @@ def create_app(settings: Settings) -> FastAPI:
                 rollout=rollout, backend=backend, fallback=fallback, mirror=mirror, predictions=predictions,
                 stats=stats, labels=labels, store=store, timeout_s=settings.backend_timeout_s,
                 max_inflight=settings.max_inflight, compare_canary=settings.compare_canary,
-                model_features=settings.model_features, model_datasets=settings.model_datasets, tracer=tracer)
+                model_features=settings.model_features, model_datasets=settings.model_datasets,
+                contracts=contracts, tracer=tracer)
             analyzer = CanaryAnalyzer(rollout, stats, policy_of(settings), publish=publish_decision,
                                       interval_s=settings.canary_interval_s)
             predictions.start()
@@ -161,6 +165,8 @@ def create_app(settings: Settings) -> FastAPI:
             await backend.close()
             if fallback is not None:
                 await fallback.close()
+            if contracts is not None:
+                await contracts.close()
             await asyncio.to_thread(producer.close, 10)
             await redis.aclose()
             provider.shutdown()

@@ -25,6 +25,7 @@ from schemas.inference import PredictionEventV1
 
 from inference import metrics
 from inference.canary import CanaryStats, LabelJoin
+from inference.contracts import ContractSource, InputContract
 from inference.errors import (
     BackendFailed,
     BackendTimeout,
@@ -151,6 +152,7 @@ class InferenceService:
         compare_canary: mirror canary-served requests to the champion for divergence.
         model_features: feature names in input order per model (see the settings).
         model_datasets: dataset of each model's online features.
+        contracts: input contracts of trainer-built models (``numeric``/``categorical`` inputs), or None.
         breaker_s: after Triton was found unreachable, skip it for this long (fallback or fast 503).
         tracer: OpenTelemetry tracer.
         clock: monotonic seconds (tests).
@@ -161,7 +163,8 @@ class InferenceService:
                  predictions: PredictionSink, stats: CanaryStats, labels: LabelJoin, store: OnlineStore,
                  timeout_s: float, max_inflight: int, compare_canary: bool = True,
                  model_features: dict[str, list[str]] | None = None, model_datasets: dict[str, str] | None = None,
-                 breaker_s: float = 1.0, tracer: trace.Tracer | None = None,
+                 contracts: ContractSource | None = None, breaker_s: float = 1.0,
+                 tracer: trace.Tracer | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rollout = rollout
         self.backend = backend
@@ -176,6 +179,7 @@ class InferenceService:
         self.compare_canary = compare_canary
         self.model_features = model_features or {}
         self.model_datasets = model_datasets or {}
+        self.contracts = contracts
         self.breaker_s = breaker_s
         self._tracer = tracer or trace.get_tracer("inference")
         self._clock = clock
@@ -356,7 +360,8 @@ class InferenceService:
         if version is None:
             raise ModelNotFound(f"model {request.model!r} has no champion version yet")
         signature = await self.signature(request.model, version)
-        names, per_feature = self._feature_layout(request.model, signature)
+        contract = await self._contract(request.model, version, signature)
+        names, per_feature = (contract.names, False) if contract else self._feature_layout(request.model, signature)
         dataset = request.dataset or self.model_datasets.get(request.model, request.model)
         merged: dict[str, Scalar] = {n: request.features[n] for n in names if n in request.features}
         from_request = sorted(merged)
@@ -371,15 +376,27 @@ class InferenceService:
                     merged[n] = stored[n]
                     from_store.append(n)
         still = [n for n in names if n not in merged or merged[n] is None]
-        if still:
+        if still and contract is None:  # a contract model imputes missing values itself
             where = "" if store_ok else " (the online store is unreachable)"
             raise InvalidInput(f"feature(s) {still} of model {request.model!r} are neither in the request nor in "
                                f"the online store for {dataset}/{request.entity}{where}")
-        inputs = self._feature_tensors(request.model, signature, names, per_feature, merged)
+        if contract is not None:
+            inputs = contract.tensors(merged, model=request.model)
+        else:
+            inputs = self._feature_tensors(request.model, signature, names, per_feature, merged)
         result = await self.infer(InferRequest(model=request.model, inputs=inputs, entity=request.entity,
                                                version=request.version, request_id=request.request_id,
                                                dataset=dataset, features=merged, protocol="predict"))
         return PredictResult(result, decide_prediction(result.outputs), from_request, sorted(from_store), store_ok)
+
+    async def _contract(self, model: str, version: int, signature: Signature) -> InputContract | None:
+        # The trainer's models take `numeric` FP32 and `categorical` INT64 tensors built from the
+        # input contract the registry keeps with the version; an explicit feature list wins.
+        if self.contracts is None or model in self.model_features:
+            return None
+        if not {s.name for s in signature.inputs} <= {"numeric", "categorical"}:
+            return None
+        return await self.contracts.get(model, version)
 
     def _feature_layout(self, model: str, signature: Signature) -> tuple[list[str], bool]:
         if model in self.model_features:
@@ -388,8 +405,9 @@ class InferenceService:
             return self.model_features[model], False
         if signature.inputs and all(len(s.shape) == 2 and s.shape[1] == 1 for s in signature.inputs):
             return [s.name for s in signature.inputs], True
-        raise InvalidInput(f"model {model!r} takes a tensor, not named features: call /v2/models/{model}/infer, or "
-                           "set its feature order in INFERENCE_MODEL_FEATURES")
+        raise InvalidInput(f"model {model!r} takes a tensor, not named features: call /v2/models/{model}/infer, "
+                           "set its feature order in INFERENCE_MODEL_FEATURES, or (a trainer-built model) set "
+                           "INFERENCE_REGISTRY_URL so the gateway reads its input contract")
 
     @staticmethod
     def _feature_tensors(model: str, signature: Signature, names: list[str], per_feature: bool,

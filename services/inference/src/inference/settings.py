@@ -131,6 +131,14 @@ class Settings(BaseSettings):
     ``[batch, n]`` tensor (JSON, ``{"credit": ["age", "income"]}``). Models with one ``[batch, 1]``
     input per feature need no entry: the input names are the feature names."""
 
+    registry_url: str | None = None
+    """Model registry (``http://registry:8082``): ``/v1/predict`` reads the input contract of trainer-built
+    models (``numeric`` and ``categorical`` inputs) from each version's ``reference_stats``; unset: such
+    models take tensors only."""
+
+    registry_timeout_s: float = Field(default=5.0, gt=0)
+    """Timeout of one registry request."""
+
     model_datasets: dict[str, str] = Field(default_factory=dict)
     """Dataset whose online features a model reads (JSON); default: the model's own name."""
 

@@ -8,18 +8,20 @@ import importlib
 from collections import Counter
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from inference.canary import CanaryStats, LabelJoin, Policy, Window, decide
+from inference.contracts import RegistryContracts
 from inference.errors import BackendUnavailable, InvalidInput, ModelNotFound, Overloaded, http_status
 from inference.routing import ModelRoute, bucket, choose
-from inference.service import InferenceService, InferRequest
+from inference.service import InferenceService, InferRequest, PredictRequest
 from inference.shadow import MirrorJob, ShadowMirror
 from inference.tensors import Signature, Spec, Tensor, check_against, from_raw, from_values, to_raw
 
 
 @pytest.mark.parametrize("module", ["inference.routing", "inference.canary", "inference.shadow",
-                                    "inference.service"])
+                                    "inference.service", "inference.contracts"])
 def test_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
@@ -210,3 +212,56 @@ async def test_core_sheds_load_and_refuses_unknown_or_unapproved_versions() -> N
         await service.infer(InferRequest(model="other", inputs=X))
     with pytest.raises(ModelNotFound, match="not in its rollout"):
         await service.infer(InferRequest(model="m", inputs=X, version=7))
+
+
+class _ContractBackend(_Backend):
+    """A trainer-built model: `numeric` FP32 and `categorical` INT64 inputs, one `probability` output."""
+
+    def __init__(self) -> None:
+        super().__init__("triton")
+        self.seen: list[list[Tensor]] = []
+
+    async def infer(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None, *,
+                    timeout_s: float, request_id: str = "") -> list[Tensor]:
+        self.seen.append(inputs)
+        return [Tensor("probability", "FP32", np.array([[0.8]], np.float32))]
+
+    async def signature(self, model: str, version: int) -> Signature:
+        return Signature([Spec("numeric", "FP32", (-1, 2)), Spec("categorical", "INT64", (-1, 1))],
+                         [Spec("probability", "FP32", (-1, 1))], 8)
+
+
+async def test_predict_builds_tensors_from_the_registry_input_contract() -> None:
+    contract = {"format": "tributary.tabular.v1", "task": "binary", "numeric": ["income", "age"],
+                "categorical": [{"name": "home", "vocabulary": ["rent", "own"]}], "classes": ["0", "1"],
+                "output": "probability"}
+    asked: list[str] = []
+
+    def registry(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if request.url.path.endswith("/versions/1"):
+            return httpx.Response(200, json={"version": 1, "reference_stats": {"input_contract": contract}})
+        return httpx.Response(404, json={"error": "no such version"})
+
+    class _Store:
+        async def read(self, dataset: str, entity: str) -> dict[str, Any] | None:
+            return {}
+
+    backend = _ContractBackend()
+    service, sink = _service(backend)
+    service.store = _Store()  # type: ignore[assignment]
+    service.contracts = RegistryContracts("http://registry", transport=httpx.MockTransport(registry))
+    for features in ({"income": 52000.5, "age": None, "home": "own"}, {"income": 1.0, "age": 30, "home": "boat"}):
+        result = await service.predict(PredictRequest(model="m", entity="c-1", features=features, dataset="credit"))
+        assert result.prediction == pytest.approx(0.8)
+    (n1, c1), (n2, c2) = backend.seen
+    assert (n1.name, n1.datatype, c1.name, c1.datatype) == ("numeric", "FP32", "categorical", "INT64")
+    assert n1.array[0, 0] == np.float32(52000.5) and np.isnan(n1.array[0, 1]) and c1.array.tolist() == [[2]]
+    assert n2.array.tolist() == [[1.0, 30.0]] and c2.array.tolist() == [[0]]  # unknown category: 0
+    assert asked == ["/v1/models/m/versions/1"]  # read once per version
+    assert sink.events[0].dataset == "credit" and sink.events[0].features["home"] == "own"
+    with pytest.raises(InvalidInput, match="must be a finite number"):
+        await service.predict(PredictRequest(model="m", entity="c-1", features={"income": "lots"}))
+    service.contracts = None
+    with pytest.raises(InvalidInput, match="INFERENCE_REGISTRY_URL"):
+        await service.predict(PredictRequest(model="m", entity="c-1", features={"income": 1.0}))
