@@ -6,7 +6,9 @@ two keys: its ring slot ``ring/<dataset>/<seq mod window_size>`` and the head
 ``head/<dataset>`` (counters, last offsets, policy). The in-memory counters are derived from
 those entries and rebuilt from them after a restart, so a restart in the middle of a window
 loses nothing. Records at or below the last offset applied for their partition are skipped,
-which makes redelivery after a crash harmless.
+which makes redelivery after a crash harmless. A record whose event id is already in the ring
+(the same event published twice upstream: a producer resending after a crash or a 503) is
+skipped too, so each event counts once within the last ``window_size`` events.
 
 Windows are counted in feature events: the first window closes after ``window_size`` events,
 then one every ``window_step`` events over the last ``window_size`` (``step == size`` is a
@@ -91,15 +93,18 @@ class Observation:
     topic: str
     partition: int
     offset: int
+    event_id: str | None = None
+    """The event's id, when known: duplicates of an event in the ring are not counted twice."""
 
     def to_json(self) -> list[Any]:
         """Compact form for a ring slot."""
-        return [self.event_time.timestamp(), self.topic, self.partition, self.offset, self.features]
+        return [self.event_time.timestamp(), self.topic, self.partition, self.offset, self.features, self.event_id]
 
     @classmethod
     def from_json(cls, data: list[Any]) -> Observation:
-        """Back from :meth:`to_json`."""
-        return cls(data[4], datetime.fromtimestamp(data[0], UTC), data[1], data[2], data[3])
+        """Back from :meth:`to_json` (slots written before event ids were kept have five fields)."""
+        return cls(data[4], datetime.fromtimestamp(data[0], UTC), data[1], data[2], data[3],
+                   data[5] if len(data) > 5 else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +162,7 @@ class DatasetMonitor:
         n = config.window_size
         self._events: deque[Observation] = deque(
             Observation.from_json(store[f"ring/{dataset}/{i % n}"]) for i in range(max(0, self.seq - n), self.seq))
+        self._ids: Counter[str] = Counter(e.event_id for e in self._events if e.event_id is not None)
         self._predictions: deque[FeatureValue] = deque(
             (store[f"pring/{dataset}/{i % n}"] for i in range(max(0, self.pseq - n), self.pseq)), maxlen=n)
         self._detectors = self._new_detectors()
@@ -171,19 +177,30 @@ class DatasetMonitor:
     def observe(self, obs: Observation) -> WindowOutcome | None:
         """Count one feature event; returns the window's outcome when it closes one.
 
-        Records already applied (at or below the partition's last offset) are ignored.
+        Records already applied (at or below the partition's last offset) are ignored, and so
+        are duplicates of an event still in the ring (same event id at another offset).
         """
         where = f"{obs.topic}:{obs.partition}"
         if obs.offset <= self.last_offsets.get(where, -1):
             return None
         self.last_offsets[where] = obs.offset
+        if obs.event_id is not None and obs.event_id in self._ids:
+            self._save_head()   # the offset moved on: a redelivery of the duplicate is skipped too
+            return None
         n = self.config.window_size
         self.store[f"ring/{self.dataset}/{self.seq % n}"] = obs.to_json()
         self.seq += 1
         self._events.append(obs)
         self._added.append(obs)
+        if obs.event_id is not None:
+            self._ids[obs.event_id] += 1
         if len(self._events) > n:
-            self._removed.append(self._events.popleft())
+            gone = self._events.popleft()
+            self._removed.append(gone)
+            if gone.event_id is not None:
+                self._ids[gone.event_id] -= 1
+                if self._ids[gone.event_id] <= 0:
+                    del self._ids[gone.event_id]
         outcome = None
         if self.seq >= n and (self.seq - n) % self.config.window_step == 0:
             outcome = self._close_window()
@@ -526,8 +543,13 @@ def _offset_ranges(events: Iterable[Observation]) -> list[OffsetRange]:
 def error_of(prediction: FeatureValue, label: bool | int | float | str, *, regression: bool) -> float:
     """The error of one prediction: absolute error for regression, 0/1 for a class.
 
+    A binary model's prediction is the probability of class 1 (the gateway publishes the score),
+    so a fractional score in [0, 1] against a 0/1 label counts as class 1 from 0.5 on.
+
     Examples:
         >>> error_of(1, True, regression=False), error_of("a", "b", regression=False)
+        (0.0, 1.0)
+        >>> error_of(0.73, 1, regression=False), error_of(0.73, False, regression=False)
         (0.0, 1.0)
         >>> error_of(2.0, 3.5, regression=True)
         1.5
@@ -536,5 +558,8 @@ def error_of(prediction: FeatureValue, label: bool | int | float | str, *, regre
     if regression and not isinstance(prediction, str) and prediction is not None and not isinstance(label, str):
         return abs(float(prediction) - float(label))
     label_value: FeatureValue = int(label) if isinstance(label, bool) else label
+    if (isinstance(prediction, float) and not prediction.is_integer() and 0 < prediction < 1
+            and label_value in (0, 1, "0", "1")):
+        return 0.0 if int(prediction >= 0.5) == int(label_value) else 1.0
     return 0.0 if _category(prediction) == _category(label_value) else 1.0
 

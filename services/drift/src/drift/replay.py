@@ -65,7 +65,7 @@ def replay(records: Iterable[Record], *, dataset: str, config: MonitorConfig,
     for r in records:
         if isinstance(r.event, FeatureEventV1):
             outcome = monitor.observe(Observation(dict(r.event.features), r.event.event_time, r.topic, r.partition,
-                                                  r.offset))
+                                                  r.offset, r.event.event_id))
             if outcome is not None:
                 rep = outcome.report
                 result.windows.append({

@@ -136,7 +136,7 @@ class DriftService:
         """Count one feature event; publish the report (and command) of a window it closes."""
         monitor = self.monitor(event.dataset)
         outcome = monitor.observe(Observation(dict(event.features), event.event_time, at.topic, at.partition,
-                                              at.offset))
+                                              at.offset, event.event_id))
         if outcome is None:
             return None
         report = outcome.report

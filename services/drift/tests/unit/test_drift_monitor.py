@@ -102,6 +102,27 @@ def test_drift_restart_in_the_middle_of_a_window_loses_nothing() -> None:
     assert [r.model_dump() for r in strip] == [o.report.model_dump() for o in straight]
 
 
+def test_drift_an_event_published_twice_counts_once() -> None:
+    # A producer that resends after a crash or a 503 writes the same event id at a new offset.
+    rng = np.random.default_rng(4)
+    rows = draw(rng, 150)
+    config = MonitorConfig(window_size=100, window_step=100)
+    store: dict[str, Any] = {}
+    m = monitor(config, reference(rng), store)
+    for i, row in enumerate(rows[:60]):
+        m.observe(Observation(row, T0 + timedelta(seconds=i), "t", 0, i, f"e{i}"))
+    for i, row in enumerate(rows[40:60], 40):              # resent: same ids, later offsets
+        assert m.observe(Observation(row, T0 + timedelta(seconds=i), "t", 0, i + 20, f"e{i}")) is None
+    restarted = DatasetMonitor("ds", config, store)
+    assert restarted.seq == 60
+    assert restarted.observe(Observation(rows[59], T0, "t", 1, 0, "e59")) is None   # still known after a restart
+    outcomes = [restarted.observe(Observation(row, T0 + timedelta(seconds=i), "t", 0, i + 20, f"e{i}"))
+                for i, row in enumerate(rows[60:], 60)]
+    [window] = [o for o in outcomes if o is not None]
+    ks = next(r for r in window.report.results if r.feature == "x" and r.test == "ks")
+    assert ks.sample_size == 100 and restarted.seq == 150
+
+
 def test_drift_data_quality_tests() -> None:
     spec = DatasetSpec.model_validate({
         "name": "ds", "label": {"type": "binary"},
