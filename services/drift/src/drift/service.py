@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from schemas.dataset import DatasetSpec, DatasetSpecRegisteredV1
@@ -64,12 +64,13 @@ class DriftService:
     """Transport-agnostic drift handling; the stream's agents call one method per event."""
 
     def __init__(self, config: MonitorConfig, store: MutableMapping[str, Any], *, references: ReferenceSource,
-                 publisher: Publisher, requested_by: str = "drift") -> None:
+                 publisher: Publisher, requested_by: str = "drift", retrain_window_s: float | None = None) -> None:
         self.config = config
         self.store = store
         self._references = references
         self._publisher = publisher
         self._requested_by = requested_by
+        self._retrain_window_s = retrain_window_s
         self._monitors: dict[str, DatasetMonitor] = {}
 
     def monitor(self, dataset: str) -> DatasetMonitor:
@@ -162,9 +163,12 @@ class DriftService:
     def command_for(self, report: DriftReportV1) -> RetrainCommandV1:
         """The retrain command a drifted report asks for (its id is derived from the report's)."""
         assert report.model_name is not None
+        start = (None if self._retrain_window_s is None
+                 else report.window_end - timedelta(seconds=self._retrain_window_s))
         return RetrainCommandV1(
             command_id=f"drift-{report.report_id}", dataset=report.dataset, model_name=report.model_name,
-            reason="drift", window=TrainingWindow(end_time=report.window_end), requested_by=self._requested_by,
+            reason="drift", window=TrainingWindow(start_time=start, end_time=report.window_end),
+            requested_by=self._requested_by,
             requested_at=datetime.now(UTC), drift_report_id=report.report_id,
             note=f"drifted: {', '.join(report.drifted_features[:20])}; {report.decision}"[:1000])
 

@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     cooldown_s: float = Field(default=3600.0, ge=0)
     """Least event time between two retrain commands for a dataset."""
 
+    retrain_window_s: float | None = Field(default=None, gt=0)
+    """Event time a retrain command's window covers, ending at the drifted report's end (recent data
+    only, so the new model learns the shifted data); unset: from the start of the retained stream."""
+
     reports_kept: int = Field(default=50, ge=1)
     """Recent reports kept per dataset for the REST API."""
 

@@ -83,7 +83,8 @@ def build_stream(settings: Settings, *, registry: RegistryClient) -> tuple[faust
     )
     state = app.Table("state", default=None, partitions=1, use_partitioner=True,
                       schema=faust.Schema(key_serializer="json", value_serializer="json"))
-    service = DriftService(settings.monitor_config(), state, references=registry, publisher=FaustPublisher(app))
+    service = DriftService(settings.monitor_config(), state, references=registry, publisher=FaustPublisher(app),
+                           retrain_window_s=settings.retrain_window_s)
     dlq_topics = {name: app.topic(topics.dlq(name), key_serializer="raw", value_serializer="raw")
                   for name in (topics.FEATURES, topics.PREDICTIONS, topics.LABELS, topics.DATASET_SPECS,
                                topics.MODEL_REGISTERED, topics.ROLLOUT_CHANGED)}

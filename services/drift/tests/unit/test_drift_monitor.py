@@ -191,3 +191,20 @@ def test_drift_error_of() -> None:
     assert error_of(1, 1.0, regression=False) == 0.0
     assert error_of("yes", "no", regression=False) == 1.0
     assert error_of(0.5, 2.0, regression=True) == 1.5
+
+
+def test_binary_scores_are_errors_at_the_half_and_commands_cover_a_recent_window() -> None:
+    from drift.service import DriftService
+    from schemas.drift import DriftReportV1
+
+    # The gateway publishes a binary model's probability of class 1 as the prediction.
+    assert [error_of(p, y, regression=False) for p, y in ((0.8, 1), (0.8, 0), (0.2, False), (0.5, 1))] == [0, 1, 0, 0]
+    report = DriftReportV1(report_id="credit-w7", dataset="credit", model_name="credit-default", model_version=1,
+                           window_start=T0, window_end=T0 + timedelta(seconds=90), drifted=True,
+                           drifted_features=["income"])
+    service = DriftService(MonitorConfig(), {}, references=None, publisher=None,  # type: ignore[arg-type]
+                           retrain_window_s=60)
+    window = service.command_for(report).window
+    assert (window.start_time, window.end_time) == (T0 + timedelta(seconds=30), T0 + timedelta(seconds=90))
+    unbounded = DriftService(MonitorConfig(), {}, references=None, publisher=None)  # type: ignore[arg-type]
+    assert unbounded.command_for(report).window.start_time is None
