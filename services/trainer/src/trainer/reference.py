@@ -6,7 +6,8 @@ The registry stores them as the version's ``reference_stats``::
      "features": {
         "<numeric>": {"type": "numeric", "count": 7990, "missing_rate": 0.00125, "mean": ..., "std": ...,
                       "min": ..., "max": ..., "quantiles": {"0.01": ..., ..., "0.99": ...},
-                      "histogram": {"edges": [11 decile edges], "counts": [10 counts]}},
+                      "histogram": {"edges": [11 decile edges], "counts": [10 counts]},
+                      "sample": [at most 2000 training values, drawn uniformly (the drift KS reference)]},
         "<categorical>": {"type": "categorical", "count": ..., "missing_rate": ...,
                           "frequencies": {"north": 0.41, ...}}},
      "label": {...same shape, by the label's type...},
@@ -29,14 +30,16 @@ from trainer.contract import InputContract, category_text
 from trainer.table import Example
 
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+SAMPLE_SIZE = 2000
+"""Most training values kept per numeric feature as the drift service's KS reference sample."""
 
 
 def numeric_stats(values: Sequence[object]) -> dict[str, Any]:
     """Statistics of numeric ``values`` (None and non-numbers count as missing).
 
     >>> s = numeric_stats([1.0, 2.0, 3.0, None])
-    >>> s["count"], s["missing_rate"], s["mean"], s["histogram"]["counts"][-1]
-    (3, 0.25, 2.0, 1)
+    >>> s["count"], s["missing_rate"], s["mean"], s["histogram"]["counts"][-1], sorted(s["sample"])
+    (3, 0.25, 2.0, 1, [1.0, 2.0, 3.0])
     """
     total = len(values)
     x = np.array([float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)],
@@ -52,6 +55,9 @@ def numeric_stats(values: Sequence[object]) -> dict[str, Any]:
         "mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max()),
         "quantiles": {f"{q:g}": float(np.quantile(x, q)) for q in QUANTILES},
         "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+        # A fixed seed: the same training rows give the same statistics (and registry metadata).
+        "sample": [float(v) for v in (x if len(x) <= SAMPLE_SIZE else
+                                      np.random.default_rng(0).choice(x, SAMPLE_SIZE, replace=False))],
     }
     return out
 

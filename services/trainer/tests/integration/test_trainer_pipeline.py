@@ -61,6 +61,7 @@ def test_train_register_canary_idempotence_and_reproducibility(
     stats = version["reference_stats"]
     assert stats["input_contract"]["numeric"] == ["x1", "x2"] and stats["features"]["region"]["type"] == "categorical"
     assert set(stats["features"]["x1"]["quantiles"]) >= {"0.01", "0.5", "0.99"}
+    assert 0 < len(stats["features"]["x1"]["sample"]) <= 2000  # the drift service's KS reference
     assert [i["name"] for i in version["inputs"]] == ["numeric", "categorical"]
     canary = registry.get(f"/v1/models/{model}/aliases/canary")
     assert canary["version"] == 1 and canary["weight"] == pytest.approx(0.1)
