@@ -12,4 +12,5 @@ from __future__ import annotations
 # same name ("schemas") for the test folder's parent.
 import schemas  # noqa: F401
 
-pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.postgres", "tests.fixtures.redis", "tests.fixtures.triton"]
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.postgres", "tests.fixtures.prometheus",
+                  "tests.fixtures.redis", "tests.fixtures.triton"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything Tributary needs on a Debian machine with Python 3.11+, Java 17+ and Maven:
-#   - Debian packages that are missing (Redis, PostgreSQL, ...), with apt-get when run as root
+#   - Debian packages that are missing (Redis, PostgreSQL, Prometheus), with apt-get when run as root
 #   - a virtual environment in .venv with every package of the workspace (uv, locked versions)
 #   - Triton Inference Server (CPU, from PyPI's nvidia-pytriton) in .tributary/triton/venv
 #   - the Kafka broker jars from Maven Central (deploy/kafka.sh fetch)
@@ -17,6 +17,7 @@ die() { say "error: $*"; exit 1; }
 declare -A DEBIAN=(
   [redis-server]=redis-server
   [/usr/lib/postgresql/*/bin/postgres]=postgresql
+  [prometheus]=prometheus
 )
 
 missing=()
@@ -36,7 +37,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
     || die "apt-get could not install ${missing[*]}"
   # The packages' own services are not used: tests and the stack start their own instances.
-  for svc in redis-server postgresql; do
+  for svc in redis-server postgresql prometheus; do
     $sudo service "$svc" stop >/dev/null 2>&1 || true
   done
 fi

@@ -12,13 +12,14 @@ from faust.contrib.asgi import faust_app_running
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from schemas.topics import CATALOGUE
 from tributary_kit.admin import ensure_topics
+from tributary_kit.lag import reporting_lag
 from tributary_kit.telemetry import build_tracer_provider
 
-from drift import __version__, api
+from drift import __version__, api, metrics
 from drift.errors import DriftError
 from drift.reference import RegistryClient
 from drift.settings import Settings
-from drift.stream import build_stream
+from drift.stream import INPUT_TOPICS, build_stream
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,10 @@ def create_app(settings: Settings) -> FastAPI:
         stream, service = build_stream(settings, registry=registry)
         app.state.service = service
         app.state.faust = stream
+        metrics.RECOVERY_OBJECTIVE.set(settings.recovery_objective_s)
         try:
-            async with faust_app_running(stream, stop_timeout=30):
+            async with (faust_app_running(stream, stop_timeout=30),
+                        reporting_lag(settings.kafka_bootstrap, {settings.app_id: INPUT_TOPICS})):
                 log.info("drift ready", extra={"bootstrap": settings.kafka_bootstrap})
                 yield
         finally:

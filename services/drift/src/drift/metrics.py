@@ -19,3 +19,12 @@ RECORDS = Counter("drift_records_total", "Records consumed, by topic and outcome
 REFERENCE_VERSION = Gauge("drift_reference_version", "Model version whose reference the dataset is tested against "
                           "(0: bootstrapped or none).", ["dataset"])
 ERROR_RATE = Gauge("drift_error_rate", "Joined error rate of the last window, by dataset.", ["dataset"])
+RECOVERY_SECONDS = Gauge("drift_recovery_seconds", "Drift-to-recovery time of the last completed recovery: from the "
+                         "first drifted window to the model's next champion, by dataset and model.",
+                         ["dataset", "model"])
+RECOVERY_OBJECTIVE = Gauge("drift_recovery_objective_seconds", "Objective of drift-to-recovery time "
+                           "(DRIFT_RECOVERY_OBJECTIVE_S).")
+RECOVERIES = Counter("drift_recoveries_total", "Drift episodes ended by a new champion, by dataset, model and whether "
+                     "within the objective (met|missed).", ["dataset", "model", "objective"])
+EPISODE_STARTED = Gauge("drift_episode_started_timestamp_seconds", "Unix time of the first drifted window of the "
+                        "open drift episode of a dataset (0: none open).", ["dataset"])

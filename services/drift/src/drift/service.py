@@ -11,7 +11,8 @@ per model and the predictions waiting for their label.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -64,8 +65,11 @@ class DriftService:
     """Transport-agnostic drift handling; the stream's agents call one method per event."""
 
     def __init__(self, config: MonitorConfig, store: MutableMapping[str, Any], *, references: ReferenceSource,
-                 publisher: Publisher, requested_by: str = "drift", retrain_window_s: float | None = None) -> None:
+                 publisher: Publisher, requested_by: str = "drift", retrain_window_s: float | None = None,
+                 recovery_objective_s: float = 4 * 3600.0, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.recovery_objective_s = recovery_objective_s
+        self._clock = clock
         self.store = store
         self._references = references
         self._publisher = publisher
@@ -103,7 +107,35 @@ class DriftService:
         if event.alias != "champion" or event.version is None:
             return
         self.store[f"champion/{event.model_name}"] = event.version
+        self._end_episode(event)
         await self._load_reference(event.model_name, event.version, force=False)
+
+    # ---- drift-to-recovery ----------------------------------------------------------------
+    # An episode opens at the first drifted window of a dataset whose champion is known, and
+    # closes when that model gets another champion; its length is drift-to-recovery time.
+
+    def _start_episode(self, report: DriftReportV1) -> None:
+        key = f"episode/{report.dataset}"
+        if not report.drifted or report.model_name is None or key in self.store:
+            return
+        started = self._clock()
+        self.store[key] = {"started": started, "model": report.model_name, "version": report.model_version}
+        metrics.EPISODE_STARTED.labels(report.dataset).set(started)
+
+    def _end_episode(self, event: RolloutChangedV1) -> float | None:
+        dataset = self.store.get(f"model/{event.model_name}")
+        episode = self.store.get(f"episode/{dataset}") if dataset else None
+        if not episode or episode["model"] != event.model_name or episode["version"] == event.version:
+            return None
+        del self.store[f"episode/{dataset}"]
+        seconds = max(0.0, event.changed_at.timestamp() - float(episode["started"]))
+        met = "met" if seconds <= self.recovery_objective_s else "missed"
+        metrics.RECOVERY_SECONDS.labels(dataset, event.model_name).set(seconds)
+        metrics.RECOVERIES.labels(dataset, event.model_name, met).inc()
+        metrics.EPISODE_STARTED.labels(dataset).set(0)
+        log.info("drift recovered", extra={"dataset": dataset, "model": event.model_name, "version": event.version,
+                                           "recovery_s": round(seconds, 3), "objective": met})
+        return seconds
 
     async def _load_reference(self, model_name: str, version: int, *, force: bool) -> None:
         try:
@@ -150,6 +182,7 @@ class DriftService:
             if row.test == "page_hinkley":
                 metrics.ERROR_RATE.labels(report.dataset).set(row.statistic)
         metrics.WINDOWS.labels(report.dataset, "drifted" if report.drifted else "clean").inc()
+        self._start_episode(report)
         await self._publisher.report(report)
         if outcome.retrain:
             if report.model_name is None:

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     """Event time a retrain command's window covers, ending at the drifted report's end (recent data
     only, so the new model learns the shifted data); unset: from the start of the retained stream."""
 
+    recovery_objective_s: float = Field(default=4 * 3600.0, gt=0)
+    """Objective of drift-to-recovery time: from the first drifted window of a dataset to its model's
+    next champion (exported as ``drift_recovery_objective_seconds``; alerts compare against it)."""
+
     reports_kept: int = Field(default=50, ge=1)
     """Recent reports kept per dataset for the REST API."""
 

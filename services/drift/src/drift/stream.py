@@ -63,6 +63,11 @@ class FaustPublisher:
         await fut
 
 
+INPUT_TOPICS: tuple[str, ...] = (topics.DATASET_SPECS, topics.MODEL_REGISTERED, topics.ROLLOUT_CHANGED, topics.FEATURES,
+                                 topics.PREDICTIONS, topics.LABELS)
+"""Every topic the stream's consumer group reads (its lag is exported)."""
+
+
 def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
 
@@ -84,7 +89,8 @@ def build_stream(settings: Settings, *, registry: RegistryClient) -> tuple[faust
     state = app.Table("state", default=None, partitions=1, use_partitioner=True,
                       schema=faust.Schema(key_serializer="json", value_serializer="json"))
     service = DriftService(settings.monitor_config(), state, references=registry, publisher=FaustPublisher(app),
-                           retrain_window_s=settings.retrain_window_s)
+                           retrain_window_s=settings.retrain_window_s,
+                           recovery_objective_s=settings.recovery_objective_s)
     dlq_topics = {name: app.topic(topics.dlq(name), key_serializer="raw", value_serializer="raw")
                   for name in (topics.FEATURES, topics.PREDICTIONS, topics.LABELS, topics.DATASET_SPECS,
                                topics.MODEL_REGISTERED, topics.ROLLOUT_CHANGED)}

@@ -25,6 +25,7 @@ from schemas.ingest import FeatureEventV1, LabelEventV1
 from schemas.registry import RolloutChangedV1
 from schemas.topics import CATALOGUE
 from tributary_kit.admin import ensure_topics
+from tributary_kit.lag import reporting_lag
 from tributary_kit.telemetry import build_tracer_provider
 
 from inference import __version__, api
@@ -149,7 +150,13 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.predictions = predictions
             log.info("inference gateway ready", extra={"triton": settings.triton_grpc_url,
                                                        "grpc_port": settings.grpc_port})
-            yield
+            lag_groups: dict[str, list[str]] = {}
+            if settings.consume_features:
+                lag_groups[settings.features_group_id + settings.group_suffix] = [settings.features_topic]
+            if settings.consume_requests:
+                lag_groups[settings.requests_group_id + settings.group_suffix] = [settings.request_topic]
+            async with reporting_lag(settings.kafka_bootstrap, lag_groups):
+                yield
         finally:
             stop.set()
             if grpc_server is not None:

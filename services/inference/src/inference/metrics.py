@@ -59,6 +59,8 @@ ROLLOUT_REFRESH_FAILURES = Counter(
 )
 CANARY_DECISIONS = Counter("inference_canary_decisions_total", "Canary analysis decisions by model and action.",
                            ["model", "action"])
+ROLLOUT_VERSION = Gauge("inference_rollout_version", "Version each alias of a model points at (0: none), by model and "
+                        "alias (champion|canary|shadow).", ["model", "alias"])
 CANARY_WEIGHT = Gauge("inference_canary_weight", "Current canary weight by model.", ["model"])
 FEATURE_READS = Counter("inference_feature_reads_total", "Online store reads by outcome (hit|miss|error).",
                         ["outcome"])

@@ -156,6 +156,8 @@ class RolloutState:
         self.loaded = True
         for m, r in table.items():
             metrics.CANARY_WEIGHT.labels(m).set(r.canary_weight if r.canary is not None else 0)
+            for alias in ALIASES:
+                metrics.ROLLOUT_VERSION.labels(m, alias).set(getattr(r, alias) or 0)
         return table
 
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:

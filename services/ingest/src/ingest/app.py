@@ -15,8 +15,9 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from schemas.ingest import FeatureEventV1, LabelEventV1
-from schemas.topics import CATALOGUE
+from schemas.topics import CATALOGUE, FEATURES_RAW, LABELS_RAW
 from tributary_kit.admin import ensure_topics
+from tributary_kit.lag import reporting_lag
 from tributary_kit.telemetry import build_tracer_provider
 
 from ingest import __version__, api
@@ -57,7 +58,9 @@ def create_app(settings: Settings) -> FastAPI:
                 raw_task = asyncio.create_task(raw.run(), name="ingest-raw-validator")
                 app.state.raw_validator = raw
             log.info("ingest ready", extra={"bootstrap": settings.kafka_bootstrap})
-            yield
+            lag_groups = {settings.raw_group_id: [FEATURES_RAW, LABELS_RAW]} if settings.consume_raw else {}
+            async with reporting_lag(settings.kafka_bootstrap, lag_groups):
+                yield
         finally:
             if raw is not None and raw_task is not None:
                 raw.stop()

@@ -18,6 +18,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from schemas.topics import CATALOGUE
 from schemas.training import RetrainCommandV1
 from tributary_kit.admin import ensure_topics
+from tributary_kit.lag import reporting_lag
 from tributary_kit.telemetry import build_tracer_provider
 
 from trainer import __version__, api
@@ -90,7 +91,9 @@ def create_app(settings: Settings) -> FastAPI:
                 tasks.append(asyncio.create_task(run_schedule(schedule, publish, stopping),
                                                  name=f"trainer-schedule-{schedule.model_name}"))
             log.info("trainer ready", extra={"bootstrap": settings.kafka_bootstrap, "outcomes": len(ledger)})
-            yield
+            lag_groups = {settings.group_id: [settings.command_topic]} if settings.consume_commands else {}
+            async with reporting_lag(settings.kafka_bootstrap, lag_groups):
+                yield
         finally:
             stopping.set()
             if consumer is not None:
