@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from schemas.envelope import Envelope, event_class, event_types
@@ -19,10 +21,21 @@ def test_encode_round_trips_every_contract_like_pydantic(event_type: str) -> Non
     raw = encode(envelope)
     assert decode(raw, cls) == envelope
     assert decode_any(raw) == envelope
-    # Same document as pydantic's serialiser, up to how a UTC offset is spelt.
-    ours = json.loads(raw)
-    theirs = json.loads(envelope.model_dump_json())
-    assert json.dumps(ours, sort_keys=True).replace("+00:00", "Z") == json.dumps(theirs, sort_keys=True)
+    # Same document as pydantic's serialiser, up to how a UTC offset is spelt in timestamps.
+    assert _utc_as_z(json.loads(raw)) == _utc_as_z(json.loads(envelope.model_dump_json()))
+
+
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
+
+
+def _utc_as_z(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _utc_as_z(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_utc_as_z(v) for v in value]
+    if isinstance(value, str) and _TIMESTAMP.match(value):
+        return value.replace("+00:00", "Z")
+    return value
 
 
 def test_decode_refuses_garbage_wrong_types_and_tombstones() -> None:
