@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -233,3 +234,57 @@ class TritonServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+class RepositorySync:
+    """Keeps a local Triton serving what the registry's repository says, without the registry calling it.
+
+    The registry rewrites ``<repo>/<model>/config.pbtxt`` (its ``version_policy``) at every alias
+    change and adds ``<version>/model.onnx`` at every registration. Every ``interval_s`` this
+    refreshes the Python-backend twin (:func:`python_backend_repository`) of each model whose
+    files changed and reloads it in Triton, so a new version is served within about a second.
+    (Production's Triton reads the registry's repository directly and the registry calls its
+    load API: ``REGISTRY_TRITON_URL``.) A failed load is retried at the next round.
+    """
+
+    def __init__(self, source: Path, server: TritonServer, *, interval_s: float = 0.5) -> None:
+        self.source = source
+        self.server = server
+        self.interval_s = interval_s
+        self.loaded: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.errors: list[str] = []
+
+    def _state(self, model_dir: Path) -> tuple[str, tuple[str, ...]]:
+        config = (model_dir / "config.pbtxt").read_text()
+        versions = tuple(sorted(p.parent.name for p in model_dir.glob("*/model.onnx")))
+        return config, versions
+
+    def sync_once(self) -> list[str]:
+        """Refresh and reload every model that changed; the models reloaded."""
+        changed = []
+        for config in sorted(self.source.glob("*/config.pbtxt")):
+            model = config.parent.name
+            try:
+                state = self._state(config.parent)
+            except OSError:
+                continue  # being rewritten: next round
+            if self.loaded.get(model) != state:
+                changed.append((model, state))
+        if not changed:
+            return []
+        python_backend_repository(self.source, self.server.repository)
+        done = []
+        for model, state in changed:
+            try:
+                self.server.load(model)
+            except (StartError, OSError) as exc:
+                self.errors = [*self.errors[-9:], f"{model}: {exc}"]
+                continue
+            self.loaded[model] = state
+            done.append(model)
+        return done
+
+    def run(self, stop: threading.Event) -> None:
+        """Sync until ``stop`` (in a thread)."""
+        while not stop.wait(self.interval_s):
+            self.sync_once()
