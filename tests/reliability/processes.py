@@ -1,0 +1,262 @@
+"""The reliability suite's harness: services as real processes, a ledger of acknowledged events,
+topics read back from the beginning, and polling with deadlines.
+
+Every service runs as ``python -m <service>`` (:class:`deploy.localstack.ServiceProcess`) so a
+fault is a real ``SIGKILL``; a restart is a new process on the same port and settings, as a
+supervisor would do it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from deploy.localstack import ServiceProcess, free_port
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout_s: float = 60.0, every_s: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy; fail the test naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}", pytrace=False)
+        time.sleep(every_s)
+
+
+def kill9(process: ServiceProcess) -> int:
+    """``SIGKILL`` the service (no shutdown code runs); returns the dead pid."""
+    assert process.process is not None and process.process.poll() is None, f"{process.name} is not running"
+    pid = process.process.pid
+    os.kill(pid, signal.SIGKILL)
+    process.process.wait(10)
+    return pid
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of ``pid`` in MiB (from /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def ingest_process(bootstrap: str, logs: Path, *, port: int | None = None, **extra: str) -> ServiceProcess:
+    """An ingest service process (raw-topic validation off unless asked for)."""
+    port = port or free_port()
+    env = {"INGEST_KAFKA_BOOTSTRAP": bootstrap, "INGEST_PORT": str(port), "INGEST_LOG_JSON": "false",
+           "INGEST_CONSUME_RAW": "false", "INGEST_STARTUP_TIMEOUT_S": "60", **extra}
+    return ServiceProcess("ingest", "ingest", env, ready_url=f"http://127.0.0.1:{port}/readyz",
+                          log_path=logs / f"ingest-{port}.log")
+
+
+def drift_process(bootstrap: str, logs: Path, app_id: str, *, port: int | None = None,
+                  registry_url: str = "http://127.0.0.1:9", **extra: str) -> ServiceProcess:
+    """A drift service process with its own app id (consumer group and changelog) and state folder."""
+    port = port or free_port()
+    env = {"DRIFT_KAFKA_BOOTSTRAP": bootstrap, "DRIFT_APP_ID": app_id, "DRIFT_PORT": str(port),
+           "DRIFT_REGISTRY_URL": registry_url, "DRIFT_REGISTRY_TIMEOUT_S": "1",
+           "DRIFT_STATE_DIR": str(logs / f"drift-state-{port}"), "DRIFT_LOG_JSON": "false", **extra}
+    return ServiceProcess("drift", "drift", env, ready_url=f"http://127.0.0.1:{port}/readyz",
+                          log_path=logs / f"drift-{port}.log")
+
+
+def port_of(process: ServiceProcess) -> int:
+    """The HTTP port a service process listens on (from its readiness URL)."""
+    return int(process.ready_url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+def restart(process: ServiceProcess, timeout_s: float = 120.0) -> None:
+    """Start the process again on the same port and settings (the supervisor's restart)."""
+    process.start(timeout_s)
+
+
+@dataclass
+class Record:
+    """One record read back from a topic."""
+
+    partition: int
+    offset: int
+    key: str | None
+    value: dict[str, Any]
+
+
+def read_topic(bootstrap: str, topic: str, *, match: Callable[[Record], bool] = lambda r: True,
+               timeout_s: float = 30.0) -> list[Record]:
+    """Every record of ``topic`` from the beginning up to the current end (``read_committed``) that matches."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reliability-reader-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        found: list[Record] = []
+        position = {p: -1 for p in partitions}
+        deadline = time.monotonic() + timeout_s
+        while any(position[p] + 1 < ends[p] for p in partitions):
+            if time.monotonic() > deadline:
+                pytest.fail(f"{topic}: could not read up to {ends} within {timeout_s}s (at {position})", pytrace=False)
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            partition, offset = msg.partition(), msg.offset()
+            assert partition is not None and offset is not None
+            position[partition] = offset
+            raw_key = msg.key()
+            record = Record(partition, offset, raw_key.decode() if isinstance(raw_key, bytes) else raw_key,
+                            json.loads(msg.value() or b"null"))
+            if match(record):
+                found.append(record)
+        return found
+    finally:
+        consumer.close()
+
+
+@dataclass
+class Verdict:
+    """The checker's figures over one topic (plan section 6.1): lost, raw duplicates, order violations."""
+
+    acked: int
+    observed: int
+    lost: set[str]
+    raw_duplicates: int
+    order_violations: list[str]
+
+
+def check_ledger(acked: Iterable[str], records: list[Record], *, seq_of: Callable[[dict[str, Any]], int]
+                 ) -> Verdict:
+    """Compare the acknowledged ids with the records of a topic.
+
+    ``lost`` = acked - observed (must be empty); ``raw_duplicates`` counts records whose event id
+    was already seen; per key, the sequence numbers of first occurrences must rise with the
+    offset (the client sends each key's events in order).
+    """
+    acked_set = set(acked)
+    seen: set[str] = set()
+    duplicates = 0
+    by_key: dict[tuple[int, str | None], list[tuple[int, int]]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        event_id = r.value["payload"]["event_id"]
+        if event_id in seen:
+            duplicates += 1
+            continue
+        seen.add(event_id)
+        by_key[(r.partition, r.key)].append((r.offset, seq_of(r.value["payload"])))
+    violations = [f"key {key}: {[s for _, s in rows]}" for (_, key), rows in by_key.items()
+                  if [s for _, s in rows] != sorted(s for _, s in rows)]
+    return Verdict(len(acked_set), len(seen), acked_set - seen, duplicates, violations)
+
+
+@dataclass
+class Sent:
+    """One HTTP attempt of the load generator."""
+
+    started: float
+    seconds: float
+    status: int | None
+    error: str | None = None
+    retry_after: str | None = None
+
+
+@dataclass
+class FeatureClient:
+    """A client that sends feature events in batches, in order, and resends every unacknowledged batch
+    with the *same* event ids until ingest acknowledges it (max ``retries``).
+
+    ``acked`` is the ledger: ids ingest answered 200 for. ``attempts`` records every request.
+    """
+
+    url: str
+    dataset: str
+    keys: int = 12
+    batch: int = 20
+    timeout_s: float = 15.0
+    retries: int = 200
+    rate_per_s: float = 200.0
+    """Offered load in events per second (the client paces its batches)."""
+    acked: list[str] = field(default_factory=list)
+    attempts: list[Sent] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def events(self, start: int, n: int) -> list[dict[str, Any]]:
+        return [{"event_id": f"{self.dataset}-{i}", "dataset": self.dataset, "entity_id": f"k{i % self.keys}",
+                 "event_time": f"2026-05-01T00:{(i // 60) % 60:02d}:{i % 60:02d}Z",
+                 "features": {"seq": i, "x": float(i % 7)}} for i in range(start, start + n)]
+
+    def run(self, total: int) -> None:
+        began = time.monotonic()
+        with httpx.Client(timeout=self.timeout_s) as client:
+            for start in range(0, total, self.batch):
+                if self._stop.is_set():
+                    return
+                ahead = began + start / self.rate_per_s - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)   # pacing: the offered rate, not a wait for a condition
+                events = self.events(start, min(self.batch, total - start))
+                for _ in range(self.retries):
+                    t0 = time.monotonic()
+                    try:
+                        response = client.post(f"{self.url}/v1/events/batch", json=events)
+                    except httpx.HTTPError as exc:
+                        self.attempts.append(Sent(t0, time.monotonic() - t0, None, type(exc).__name__))
+                        time.sleep(0.2)      # the client's backoff before resending the same ids
+                        continue
+                    self.attempts.append(Sent(t0, time.monotonic() - t0, response.status_code,
+                                              retry_after=response.headers.get("retry-after")))
+                    if response.status_code == 200:
+                        with self._lock:
+                            self.acked.extend(e["event_id"] for e in events)
+                        break
+                    if response.status_code not in (429, 503):
+                        self.failures.append(f"{response.status_code}: {response.text[:300]}")
+                        return
+                    time.sleep(min(float(response.headers.get("retry-after", "1")), 1.0))
+                else:
+                    self.failures.append(f"batch at {start} never acknowledged")
+                    return
+
+    def start(self, total: int) -> FeatureClient:
+        self._thread = threading.Thread(target=self.run, args=(total,), name="feature-client", daemon=True)
+        self._thread.start()
+        return self
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.acked)
+
+    def join(self, timeout_s: float) -> None:
+        assert self._thread is not None
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._stop.set()
+            pytest.fail(f"the client did not finish within {timeout_s}s ({self.count()} acked)", pytrace=False)
+        assert not self.failures, self.failures
+
+
+def register_dataset(url: str, name: str) -> None:
+    """Register the suite's dataset spec (numeric ``seq`` and ``x``, binary label) with ingest."""
+    spec = {"name": name, "label": {"type": "binary"},
+            "features": [{"name": "seq", "type": "numeric"}, {"name": "x", "type": "numeric"}]}
+    response = httpx.post(f"{url}/v1/datasets", json=spec, timeout=30)
+    assert response.status_code in (200, 201), response.text
