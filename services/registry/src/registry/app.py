@@ -48,6 +48,8 @@ STATUS: dict[type[errors.RegistryError], int] = {
     errors.InvalidModel: 422,
     errors.TritonError: 502,
     errors.StorageError: 503,
+    errors.InsufficientStorage: 507,
+    errors.ArtifactCorrupt: 500,
 }
 """HTTP status of each domain error (the most specific class listed wins)."""
 
@@ -85,6 +87,10 @@ def create_app(settings: Settings) -> FastAPI:
                 topic(topics.ROLLOUT_CHANGED).model_copy(update={"name": settings.rollout_changed_topic}),
             ]
             await run_in_threadpool(ensure_topics, settings.kafka_bootstrap, specs)
+        artifacts = LocalArtifactStore(settings.artifact_root)
+        swept = await run_in_threadpool(artifacts.sweep_temporary, settings.stale_upload_s)
+        if swept:
+            log.warning("removed uploads left by an interrupted process", extra={"files": swept})
         engine = make_engine(settings.db_url)
         store = SqlModelStore(engine)
         producer = AsyncProducer({"bootstrap.servers": settings.kafka_bootstrap, "client.id": "registry"})
@@ -94,7 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
                   if settings.triton_url else None)
         service = RegistryService(
             store=store,
-            artifacts=LocalArtifactStore(settings.artifact_root),
+            artifacts=artifacts,
             limits=Limits(max_artifact_bytes=settings.max_artifact_bytes, min_opset=settings.min_opset,
                           max_opset=settings.max_opset),
             topics=EventTopics(model_registered=settings.model_registered_topic,

@@ -110,6 +110,18 @@ class StorageError(RegistryError):
     code = "storage_error"
 
 
+class InsufficientStorage(StorageError):
+    """The artifact store's disk is full; free space or grow the volume, then retry."""
+
+    code = "insufficient_storage"
+
+
+class ArtifactCorrupt(StorageError):
+    """A stored artifact no longer hashes to its digest (altered or damaged on disk); restore it."""
+
+    code = "artifact_corrupt"
+
+
 class TritonError(RegistryError):
     """Triton's model control API refused a load or unload, or could not be reached."""
 

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     artifact_dir: Path | None = None
     """Root of the content-addressed artifact store; default ``<data_dir>/artifacts``."""
 
+    stale_upload_s: float = Field(default=3600.0, ge=0)
+    """At start-up, staged uploads older than this (left by a killed process) are deleted.
+
+    Replicas may share the store, so a younger staged file may be another replica's upload in
+    progress and is kept."""
+
     max_artifact_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     """Largest model file accepted, in bytes; larger uploads are refused with 413."""
 

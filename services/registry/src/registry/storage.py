@@ -14,15 +14,24 @@ checked to stay under the store's root, so no request can name a file outside it
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from registry.errors import ArtifactMissing, ArtifactTooLarge, InvalidName, StorageError
+from registry.errors import (
+    ArtifactCorrupt,
+    ArtifactMissing,
+    ArtifactTooLarge,
+    InsufficientStorage,
+    InvalidName,
+    StorageError,
+)
 from registry.names import check_sha256
 
 CHUNK = 1024 * 1024
@@ -64,7 +73,13 @@ class ArtifactStore(Protocol):
         ...
 
     def open(self, sha256: str) -> BinaryIO:
-        """The stored bytes, for reading. Raises ArtifactMissing."""
+        """The stored bytes, for reading, after checking they still hash to ``sha256``.
+
+        Raises:
+            ArtifactMissing: no blob with that digest.
+            ArtifactCorrupt: the blob's bytes no longer match the digest.
+
+        """
         ...
 
 
@@ -113,7 +128,7 @@ class LocalArtifactStore:
         try:
             fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self._tmp)
         except OSError as exc:
-            raise StorageError(f"cannot create a temporary file in {self._tmp}: {exc}") from exc
+            raise _storage_error(f"cannot create a temporary file in {self._tmp}", exc) from exc
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -131,7 +146,7 @@ class LocalArtifactStore:
         except BaseException as exc:
             path.unlink(missing_ok=True)
             if isinstance(exc, OSError):
-                raise StorageError(f"cannot write the upload: {exc}") from exc
+                raise _storage_error("cannot write the upload", exc) from exc
             raise
         return StagedArtifact(path=path, sha256=digest.hexdigest(), size_bytes=size)
 
@@ -148,7 +163,7 @@ class LocalArtifactStore:
             _fsync_dir(final.parent)
         except OSError as exc:
             self.discard(staged)
-            raise StorageError(f"cannot store artifact {staged.sha256}: {exc}") from exc
+            raise _storage_error(f"cannot store artifact {staged.sha256}", exc) from exc
         return True
 
     def discard(self, staged: StagedArtifact) -> None:
@@ -160,13 +175,38 @@ class LocalArtifactStore:
         return self.path_of(sha256).is_file()
 
     def open(self, sha256: str) -> BinaryIO:
-        """See :meth:`ArtifactStore.open`."""
+        """See :meth:`ArtifactStore.open`.
+
+        The whole file is hashed before it is handed out, so a blob altered on disk is never
+        served or copied into the Triton repository under the digest it no longer has.
+        """
         try:
-            return self.path_of(sha256).open("rb")
+            f = self.path_of(sha256).open("rb")
         except FileNotFoundError:
             raise ArtifactMissing(
                 f"artifact {sha256} is registered but missing from the store at {self.root}; restore it from backup"
             ) from None
+        digest = hashlib.sha256()
+        for chunk in read_chunks(f):
+            digest.update(chunk)
+        if digest.hexdigest() != sha256:
+            f.close()
+            raise ArtifactCorrupt(f"artifact {sha256} in the store at {self.root} no longer matches its sha256 "
+                                  f"(it hashes to {digest.hexdigest()}); it was altered or damaged on disk: "
+                                  "restore it from backup")
+        f.seek(0)
+        return f
+
+    def sweep_temporary(self, older_than_s: float) -> int:
+        """Delete staged uploads older than ``older_than_s`` (left by a killed process); how many."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.temporary_files():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime <= cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     def temporary_files(self) -> list[Path]:
         """Staged files not yet committed or discarded (normally none between requests)."""
@@ -177,6 +217,13 @@ def read_chunks(stream: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
     """``stream`` in chunks of ``size`` bytes."""
     while chunk := stream.read(size):
         yield chunk
+
+
+def _storage_error(what: str, exc: OSError) -> StorageError:
+    if exc.errno == errno.ENOSPC:
+        return InsufficientStorage(f"{what}: the artifact store's disk is full ({exc.strerror}); "
+                                   "free space or grow the volume, then retry")
+    return StorageError(f"{what}: {exc}")
 
 
 def _fsync_dir(path: Path) -> None:

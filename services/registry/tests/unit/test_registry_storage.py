@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
-from registry.errors import ArtifactMissing, ArtifactTooLarge, InvalidName
+from registry.errors import ArtifactCorrupt, ArtifactMissing, ArtifactTooLarge, InsufficientStorage, InvalidName
 from registry.storage import LocalArtifactStore
 
 
@@ -99,3 +101,36 @@ def test_missing_artifact_says_so(tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path)
     with pytest.raises(ArtifactMissing, match="missing from the store"):
         store.open("0" * 64)
+
+
+def test_a_full_disk_is_named_as_such_and_leaves_nothing(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+
+    def filling() -> object:
+        yield b"abc"
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(InsufficientStorage, match="disk is full"):
+        store.stage(filling(), max_bytes=100)  # type: ignore[arg-type]
+    assert store.temporary_files() == []
+
+
+def test_an_artifact_altered_on_disk_is_never_served(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    staged = store.stage([b"model bytes"], max_bytes=100)
+    store.commit(staged)
+    path = store.path_of(staged.sha256)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"model bytez")
+    with pytest.raises(ArtifactCorrupt, match="no longer matches its sha256"):
+        store.open(staged.sha256)
+
+
+def test_sweep_removes_only_stale_staged_uploads(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    old = store.stage([b"killed mid-upload"], max_bytes=100)
+    young = store.stage([b"in progress elsewhere"], max_bytes=100)
+    past = time.time() - 7200
+    os.utime(old.path, (past, past))
+    assert store.sweep_temporary(3600) == 1
+    assert store.temporary_files() == [young.path]
