@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 

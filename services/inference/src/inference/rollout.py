@@ -12,7 +12,10 @@ the set of models. Three writers change it, all through one Lua script so each c
   their change back to the topic, so the topic stays the complete history.
 
 Requests never wait for Redis: each replica serves from an in-memory copy it refreshes every
-``rollout_refresh_s``. When Redis is unreachable it keeps the last good copy (and counts).
+``rollout_refresh_s``. When Redis is unreachable it keeps the last good copy (and counts, and
+says so in readiness). When Redis comes back without the table (restarted without persistence,
+flushed), the replica writes its last good copy back with the oldest possible change time, so
+any real change (the topic's history, an operator) still wins over it.
 A version change is a new copy: requests already running finish on the version they started
 with, new ones take the new route, and none is dropped.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,6 +97,8 @@ class AliasChange:
 
 Publish = Callable[[list[RolloutChangedV1]], Awaitable[None]]
 
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
 
 class RolloutState:
     """The rollout table: Redis as the shared truth, an in-memory copy for requests.
@@ -112,6 +118,10 @@ class RolloutState:
         self._table: dict[str, ModelRoute] = {}
         self.loaded = False
         """True once the table was read from Redis at least once."""
+        self.redis_error: str | None = None
+        """Why the last refresh failed (None when it succeeded): requests use the last good copy."""
+        self.refreshed_at: float | None = None
+        """``time.monotonic()`` of the last successful refresh."""
 
     def _key(self, model: str) -> str:
         return f"{self._prefix}rollout:{model}"
@@ -119,6 +129,9 @@ class RolloutState:
     @property
     def _models_key(self) -> str:
         return f"{self._prefix}rollout:models"
+
+    async def _models(self) -> list[str]:
+        return sorted(m.decode() if isinstance(m, bytes) else m for m in await self._redis.smembers(self._models_key))
 
     @property
     def table(self) -> dict[str, ModelRoute]:
@@ -145,8 +158,19 @@ class RolloutState:
             RedisError: Redis did not answer (the previous copy stays).
 
         """
-        models = sorted(m.decode() if isinstance(m, bytes) else m
-                        for m in await self._redis.smembers(self._models_key))
+        models = await self._models()
+        if not models and self._table:
+            # The model set only grows: an empty one means Redis lost its data. Write back what
+            # this replica served last, as the oldest change, so newer changes win over it.
+            log.warning("Redis has no rollout table; writing back the last known routes",
+                        extra={"models": sorted(self._table)})
+            for m, r in self._table.items():
+                changes = [AliasChange(a, v, r.canary_weight if a == "canary" else None)
+                           for a, v in (("champion", r.champion), ("canary", r.canary), ("shadow", r.shadow))
+                           if v is not None]
+                if changes:
+                    await self.apply(m, changes, changed_at=_EPOCH, changed_by="inference-last-known-good")
+            models = await self._models()
         async with self._redis.pipeline(transaction=False) as pipe:
             for m in models:
                 pipe.hgetall(self._key(m))
@@ -154,6 +178,8 @@ class RolloutState:
         table = {m: _route(m, row) for m, row in zip(models, rows, strict=True)}
         self._table = table
         self.loaded = True
+        self.redis_error = None
+        self.refreshed_at = time.monotonic()
         for m, r in table.items():
             metrics.CANARY_WEIGHT.labels(m).set(r.canary_weight if r.canary is not None else 0)
             for alias in ALIASES:
@@ -166,6 +192,7 @@ class RolloutState:
             try:
                 await self.refresh()
             except (RedisError, OSError) as exc:
+                self.redis_error = str(exc) or type(exc).__name__
                 metrics.ROLLOUT_REFRESH_FAILURES.inc()
                 log.warning("rollout refresh failed; serving the last known routes", extra={"error": str(exc)})
             with contextlib.suppress(TimeoutError):

@@ -431,10 +431,17 @@ class InferenceService:
         if not self.rollout.loaded:
             return False, "rollout state not loaded from Redis yet"
         if await self.backend.ready():
-            return True, "ready"
-        if self.fallback is not None:
-            return True, "Triton unreachable; serving from the onnxruntime fallback"
-        return False, "Triton is unreachable and no fallback is configured"
+            ok, reason = True, "ready"
+        elif self.fallback is not None:
+            ok, reason = True, "Triton unreachable; serving from the onnxruntime fallback"
+        else:
+            return False, "Triton is unreachable and no fallback is configured"
+        if self.rollout.redis_error is not None:
+            age = time.monotonic() - (self.rollout.refreshed_at or time.monotonic())
+            redis = (f"Redis unreachable ({self.rollout.redis_error}); serving the last known routes, "
+                     f"read {age:.0f}s ago")
+            reason = redis if reason == "ready" else f"{reason}; {redis}"
+        return ok, reason
 
     async def model_ready(self, model: str, version: int | None = None) -> bool:
         """Whether the model's champion (or ``version``) can answer now."""

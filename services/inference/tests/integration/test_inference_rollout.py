@@ -149,3 +149,22 @@ def test_stale_events_never_undo_a_newer_change(gateway: Gateway, kafka_bootstra
     from tests.fixtures.kafka import consume
     consume(kafka_bootstrap, f"{topics['rollout']}.dlq", count=1)  # the poison record was dead-lettered
     assert gateway.service.rollout.table[MODEL].champion == 1
+
+
+def test_redis_losing_the_table_keeps_the_last_known_routes_and_writes_them_back(
+        served: TritonServer, settings_for: Callable[..., Settings], gateway_factory: Callable[[Settings], Gateway]
+) -> None:
+    g = gateway_factory(settings_for(served))
+    set_rollout(g, "champion", 1)
+    set_rollout(g, "canary", 2, weight=0.25)
+    redis = g.service.rollout._redis                  # the gateway's own client, on its loop
+    prefix = g.settings.redis_prefix
+    g.run(redis.delete(f"{prefix}rollout:{MODEL}", f"{prefix}rollout:models"))   # a restart without persistence
+    g.wait_for(lambda: g.run(redis.hget(f"{prefix}rollout:{MODEL}", "champion")) == b"1", 10,
+               "the last known routes written back to Redis")
+    route = httpx.get(f"{g.url}/v1/rollout/{MODEL}", timeout=10).json()
+    assert (route["champion"], route["canary"], route["canary_weight"]) == (1, 2, 0.25)
+    r = httpx.post(f"{g.url}/v2/models/{MODEL}/infer", json=v2_body([[1.0, 2.0, 3.0, 4.0]]), timeout=10)
+    assert r.status_code == 200, r.text
+    set_rollout(g, "champion", 2)                     # a real change still wins over the written-back copy
+    assert httpx.get(f"{g.url}/v1/rollout/{MODEL}", timeout=10).json()["champion"] == 2
