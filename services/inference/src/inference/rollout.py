@@ -165,8 +165,9 @@ class RolloutState:
             log.warning("Redis has no rollout table; writing back the last known routes",
                         extra={"models": sorted(self._table)})
             for m, r in self._table.items():
-                changes = [AliasChange(a, v, r.canary_weight if a == "canary" else None)
-                           for a, v in (("champion", r.champion), ("canary", r.canary), ("shadow", r.shadow))
+                held: tuple[tuple[Alias, int | None], ...] = (("champion", r.champion), ("canary", r.canary),
+                                                              ("shadow", r.shadow))
+                changes = [AliasChange(a, v, r.canary_weight if a == "canary" else None) for a, v in held
                            if v is not None]
                 if changes:
                     await self.apply(m, changes, changed_at=_EPOCH, changed_by="inference-last-known-good")
