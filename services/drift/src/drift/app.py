@@ -34,7 +34,7 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap, CATALOGUE.values(),
                                     timeout_s=settings.startup_timeout_s)
         registry = RegistryClient(settings.registry_url, timeout_s=settings.registry_timeout_s)
-        stream, service = build_stream(settings, registry=registry)
+        stream, service = build_stream(settings, registry=registry, tracer=provider.get_tracer("drift"))
         app.state.service = service
         app.state.faust = stream
         metrics.RECOVERY_OBJECTIVE.set(settings.recovery_objective_s)

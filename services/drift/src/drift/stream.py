@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import faust
+from opentelemetry import trace
 from schemas.dataset import DatasetSpecRegisteredV1
 from schemas.drift import DriftReportV1
 from schemas.envelope import Event
@@ -30,6 +31,7 @@ from schemas.inference import PredictionEventV1
 from schemas.ingest import FeatureEventV1, LabelEventV1
 from schemas.registry import ModelRegisteredV1, RolloutChangedV1
 from schemas.training import RetrainCommandV1
+from tributary_kit.telemetry import context_from, current_traceparent
 
 from drift import metrics
 from drift.kafka import PoisonMessage, dead_letter_bytes, decode_value, encode_payload
@@ -53,13 +55,15 @@ class FaustPublisher:
     async def report(self, report: DriftReportV1) -> None:
         """Publish one report, keyed by dataset."""
         fut = await self._reports.send(key=report.dataset.encode(),
-                                       value=encode_payload(report, event_id=report.report_id))
+                                       value=encode_payload(report, event_id=report.report_id,
+                                                            traceparent=current_traceparent()))
         await fut
 
     async def command(self, command: RetrainCommandV1) -> None:
         """Publish one retrain command, keyed by model name."""
         fut = await self._commands.send(key=command.model_name.encode(),
-                                        value=encode_payload(command, event_id=command.command_id))
+                                        value=encode_payload(command, event_id=command.command_id,
+                                                             traceparent=current_traceparent()))
         await fut
 
 
@@ -72,8 +76,16 @@ def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
 
 
-def build_stream(settings: Settings, *, registry: RegistryClient) -> tuple[faust.App, DriftService]:
-    """The Faust app and the service its agents drive; nothing connects until the app starts."""
+def build_stream(settings: Settings, *, registry: RegistryClient,
+                 tracer: trace.Tracer | None = None) -> tuple[faust.App, DriftService]:
+    """The Faust app and the service its agents drive; nothing connects until the app starts.
+
+    Every record is handled in a consumer span that continues the trace of its envelope, so a
+    report and a retrain command continue the trace of the feature event that closed their
+    window. The window's other events are not linked (a window holds up to thousands); the
+    report names them exactly by its offset ranges.
+    """
+    spans = tracer or trace.get_tracer("drift")
     app = faust.App(
         settings.app_id,
         broker=_broker_url(settings.kafka_bootstrap),
@@ -113,7 +125,11 @@ def build_stream(settings: Settings, *, registry: RegistryClient) -> tuple[faust
                 msg = event.message
                 try:
                     envelope = decode_value(event.value, payload_type)
-                    used = await handle(envelope.payload, RecordPosition(msg.topic, msg.partition, msg.offset))
+                    with spans.start_as_current_span(f"drift.consume {msg.topic}", kind=trace.SpanKind.CONSUMER,
+                                                     context=context_from(envelope.traceparent),
+                                                     attributes={"messaging.destination.name": msg.topic,
+                                                                 "messaging.kafka.offset": msg.offset}):
+                        used = await handle(envelope.payload, RecordPosition(msg.topic, msg.partition, msg.offset))
                     metrics.RECORDS.labels(msg.topic, "skipped" if used is False else "applied").inc()
                 except PoisonMessage as exc:
                     await dead_letter(event, str(exc))

@@ -116,12 +116,12 @@ def create_app(settings: Settings) -> FastAPI:
                 consumers.append(EventConsumer(
                     build_consumer(settings, group_id=None, client_id="inference-rollout"),
                     topic=settings.rollout_topic, payload_type=RolloutChangedV1, handle=rollout.on_events,
-                    producer=producer, replay=True, name="rollout"))
+                    producer=producer, replay=True, name="rollout", tracer=tracer))
             if settings.consume_features:
                 consumers.append(EventConsumer(
                     build_consumer(settings, group_id=settings.features_group_id, client_id="inference-features"),
                     topic=settings.features_topic, payload_type=FeatureEventV1, handle=store.on_events,
-                    producer=producer, replay=False, name="features"))
+                    producer=producer, replay=False, name="features", tracer=tracer))
             if settings.join_labels:
                 # Every replica joins the labels of its own predictions, so each has its own group,
                 # starting at the end: older labels belong to predictions this replica never made.
@@ -129,13 +129,14 @@ def create_app(settings: Settings) -> FastAPI:
                     build_consumer(settings, group_id=f"inference-labels-{uuid.uuid4()}", client_id="inference-labels",
                                    start="latest"),
                     topic=settings.labels_topic, payload_type=LabelEventV1, handle=labels.on_labels,
-                    producer=producer, replay=False, name="labels"))
+                    producer=producer, replay=False, name="labels", tracer=tracer))
             if settings.consume_requests:
                 consumers.append(EventConsumer(
                     build_consumer(settings, group_id=settings.requests_group_id, client_id="inference-requests"),
                     topic=settings.request_topic, payload_type=InferenceRequestedV1,
                     handle=RequestHandler(service, producer, response_topic=settings.response_topic, tracer=tracer),
-                    producer=producer, replay=False, name="requests", batch_size=64))
+                    producer=producer, replay=False, name="requests", batch_size=64,
+                    tracer=tracer))
             for c in consumers:
                 spawn(c.run(), f"inference-consumer-{c.name}")
             if settings.canary_analysis:

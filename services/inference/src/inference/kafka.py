@@ -22,13 +22,14 @@ from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from opentelemetry import trace
 from schemas.envelope import Envelope, Event
 from schemas.inference import PredictionEventV1
 from schemas.topics import dlq
 from tributary_kit.codec import PoisonMessage, decode, encode, encode_event
 from tributary_kit.deadletter import dead_letter
 from tributary_kit.producer import AsyncProducer, ProducerError, Record
-from tributary_kit.telemetry import current_traceparent
+from tributary_kit.telemetry import context_from, current_traceparent
 
 from inference import metrics
 from inference.settings import Settings
@@ -105,7 +106,7 @@ class EventConsumer(Generic[P]):
 
     def __init__(self, consumer: Consumer, *, topic: str, payload_type: type[P], handle: Handler[P],
                  producer: AsyncProducer, replay: bool, name: str, batch_size: int = 500,
-                 retry_backoff_s: float = 0.5) -> None:
+                 retry_backoff_s: float = 0.5, tracer: trace.Tracer | None = None) -> None:
         self._consumer = consumer
         self.topic = topic
         self._type = payload_type
@@ -119,6 +120,7 @@ class EventConsumer(Generic[P]):
         self.caught_up = asyncio.Event()
         """Set once every record present at start-up was handled (replaying consumers)."""
         self._targets: dict[int, int] = {}
+        self._tracer = tracer or trace.get_tracer("inference")
 
     def stop(self) -> None:
         """Finish the current batch and stop."""
@@ -182,7 +184,8 @@ class EventConsumer(Generic[P]):
                 await self._dead_letter(msg, str(exc))
         while envelopes and not self._stopping.is_set():
             try:
-                await self._handle(envelopes)
+                with self._span(envelopes):
+                    await self._handle(envelopes)
                 break
             except Exception:  # transient (Redis, broker): retry the same batch, never skip it
                 log.exception("handler failed; retrying the batch", extra={"consumer": self.name})
@@ -197,6 +200,18 @@ class EventConsumer(Generic[P]):
                     self._consumer.store_offsets(msg)
                 except KafkaException as exc:  # partition revoked meanwhile: the new owner re-reads
                     log.warning("offset not stored", extra={"consumer": self.name, "reason": str(exc)})
+
+    def _span(self, envelopes: list[Envelope[P]]) -> Any:
+        """The consumer span of a batch, handled as one unit.
+
+        It continues the trace of the batch's first record and links every other record's trace.
+        """
+        parents = [trace.get_current_span(context_from(e.traceparent)).get_span_context() for e in envelopes]
+        links = [trace.Link(c) for c in parents[1:] if c.is_valid]
+        return self._tracer.start_as_current_span(
+            f"inference.consume {self.topic}", context=context_from(envelopes[0].traceparent),
+            kind=trace.SpanKind.CONSUMER, links=links,
+            attributes={"messaging.destination.name": self.topic, "messaging.batch.message_count": len(envelopes)})
 
     async def _dead_letter(self, msg: Message, reason: str) -> None:
         key = msg.key()

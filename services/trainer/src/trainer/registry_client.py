@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import httpx
+from tributary_kit.telemetry import current_traceparent
 
 from trainer.errors import RegistryRefused, RegistryUnavailable
 
@@ -28,6 +29,9 @@ class RegistryClient:
         self._http.close()
 
     def _call(self, method: str, path: str, *, allow_404: bool = False, **kwargs: Any) -> httpx.Response | None:
+        traceparent = current_traceparent()
+        if traceparent:  # the registry's spans (and the events it publishes) continue the command's trace
+            kwargs["headers"] = {**kwargs.get("headers", {}), "traceparent": traceparent}
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
