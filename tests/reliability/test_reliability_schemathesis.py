@@ -49,7 +49,7 @@ def server_errors(app: FastAPI, *, headers: dict[str, str] | None = None) -> lis
         @hypothesis.given(case=operation.as_strategy())
         def check(case: Any) -> None:
             response = case.call(headers=headers)
-            calls[operation.label] = calls.get(operation.label, 0) + 1
+            calls[case.operation.label] = calls.get(case.operation.label, 0) + 1
             if response.status_code >= 500:
                 found.append(f"{case.method} {case.formatted_path} -> {response.status_code}: "
                              f"{response.text[:300]}")
