@@ -56,3 +56,14 @@ def test_drift_false_alarm_rate_over_1000_windows_is_at_most_alpha(correction: C
 
 def test_drift_without_correction_the_family_rate_exceeds_alpha() -> None:
     assert false_alarm_rate(SEED, "none", windows=300) > ALPHA * 2
+
+
+def test_drift_false_alarm_rate_is_calibrated_across_seeds() -> None:
+    # The fixed-seed check above is a regression check; this one states the property itself:
+    # pooled over 8 seeds (8000 independent windows) the rate is alpha within 3 standard
+    # errors of a binomial proportion, i.e. the corrected procedure is not anti-conservative.
+    seeds = range(8)
+    pooled = sum(false_alarm_rate(seed, "benjamini-hochberg") for seed in seeds) / len(seeds)
+    standard_error = (ALPHA * (1 - ALPHA) / (1000 * len(seeds))) ** 0.5
+    assert pooled <= ALPHA + 3 * standard_error, pooled
+    assert pooled >= ALPHA - 3 * standard_error, pooled  # and not so conservative that it loses power
