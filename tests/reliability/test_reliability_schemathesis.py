@@ -21,6 +21,7 @@ import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase
+from schemathesis.core.result import Ok
 
 from tests.fixtures.triton import TritonServer
 
@@ -42,6 +43,7 @@ def server_errors(app: FastAPI, *, headers: dict[str, str] | None = None) -> lis
     found: list[str] = []
     calls: dict[str, int] = {}
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), f"the app's OpenAPI has an invalid operation: {result}"
         operation = result.ok()
 
         @hypothesis.settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -99,7 +101,7 @@ def test_trainer_openapi_gives_no_server_error(kafka_bootstrap: str, tmp_path: P
     from trainer.settings import Settings
 
     settings = Settings(kafka_bootstrap=kafka_bootstrap, registry_url="http://127.0.0.1:9",
-                        registry_token="not-a-token", consume_commands=False, log_json=False)  # type: ignore[arg-type]
+                        registry_token="not-a-token", consume_commands=False, log_json=False)
     with running(create_app(settings)) as app:
         assert server_errors(app) == []
 
