@@ -66,9 +66,21 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when the stream app is running and its table is recovered."""
+    """Ready when the stream app is running, its table is recovered and nothing of it has crashed.
+
+    A crashed agent or consumer (an undecodable batch, a lost coordinator) stops consumption
+    while the process lives on; readiness says so instead of answering 200 over a dead stream.
+    """
     app = request.app.state.faust
-    ready = bool(app.started) and not app.rebalancing and app.tables.recovery.completed.is_set()
+    if not app.started:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    crashed = [name for name, service in (("app", app), ("consumer", app.consumer),
+                                          *((f"agent {n}", a) for n, a in app.agents.items()))
+               if service.crashed]
+    if crashed:
+        return JSONResponse({"status": "crashed", "reason": f"stopped consuming: {', '.join(crashed)} crashed"},
+                            status_code=503)
+    ready = not app.rebalancing and app.tables.recovery.completed.is_set()
     return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
 
 
