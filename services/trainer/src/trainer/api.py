@@ -86,6 +86,10 @@ class CommandPublic(BaseModel):
     outcome: TrainingCompletedV1 | TrainingFailedV1
 
 
+MAX_PARTITION = 2**31 - 1
+MAX_OFFSET = 2**63 - 1
+
+
 @router.post("/v1/commands", status_code=202, tags=["commands"])
 async def create_command(body: CommandCreate, producer: ProducerDep, settings: SettingsDep) -> CommandAccepted:
     """Queue a manual retrain command; answers once the broker stored it. Poll ``GET /v1/commands/{id}``."""
@@ -93,6 +97,11 @@ async def create_command(body: CommandCreate, producer: ProducerDep, settings: S
         window = TrainingWindow(start_time=body.start_time, end_time=body.end_time, offsets=body.offsets)
     except ValueError as exc:
         raise InvalidCommand(f"invalid window: {exc}") from exc
+    for r in body.offsets:   # Kafka's own bounds (int32 partitions, int64 offsets): beyond them nothing exists
+        if r.partition > MAX_PARTITION or r.end_offset > MAX_OFFSET:
+            raise InvalidCommand(f"invalid window: partition {r.partition} or offsets {r.start_offset}..{r.end_offset} "
+                                 f"of {r.topic!r} are beyond Kafka's range (partition <= {MAX_PARTITION}, "
+                                 f"offset <= {MAX_OFFSET})")
     command = new_command(model_name=body.model_name, dataset=body.dataset, reason="manual",
                           requested_by=body.requested_by, window=window, command_id=body.command_id, note=body.note)
     return await publish_command(command, producer, settings.command_topic)
