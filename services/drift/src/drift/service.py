@@ -193,16 +193,21 @@ class DriftService:
                 metrics.RETRAINS.labels(report.dataset, report.model_name).inc()
         return outcome
 
-    def command_for(self, report: DriftReportV1) -> RetrainCommandV1:
-        """The retrain command a drifted report asks for (its id is derived from the report's)."""
+    def command_for(self, report: DriftReportV1, *, now: datetime | None = None) -> RetrainCommandV1:
+        """The retrain command a drifted report asks for (its id is derived from the report's).
+
+        The window is in Kafka time, ending now: the trainer finds a window's records by the
+        time Kafka stored them, so a window anchored at the report's *event* times would miss
+        every back-filled event (event times in the past, stored just now) and come back empty.
+        """
         assert report.model_name is not None
-        start = (None if self._retrain_window_s is None
-                 else report.window_end - timedelta(seconds=self._retrain_window_s))
+        end = now or datetime.now(UTC)
+        start = None if self._retrain_window_s is None else end - timedelta(seconds=self._retrain_window_s)
         return RetrainCommandV1(
             command_id=f"drift-{report.report_id}", dataset=report.dataset, model_name=report.model_name,
-            reason="drift", window=TrainingWindow(start_time=start, end_time=report.window_end),
+            reason="drift", window=TrainingWindow(start_time=start, end_time=end),
             requested_by=self._requested_by,
-            requested_at=datetime.now(UTC), drift_report_id=report.report_id,
+            requested_at=end, drift_report_id=report.report_id,
             note=f"drifted: {', '.join(report.drifted_features[:20])}; {report.decision}"[:1000])
 
     def _dataset_of(self, dataset: str | None, model_name: str) -> str | None:

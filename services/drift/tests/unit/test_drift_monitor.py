@@ -204,7 +204,14 @@ def test_binary_scores_are_errors_at_the_half_and_commands_cover_a_recent_window
                            drifted_features=["income"])
     service = DriftService(MonitorConfig(), {}, references=None, publisher=None,  # type: ignore[arg-type]
                            retrain_window_s=60)
-    window = service.command_for(report).window
-    assert (window.start_time, window.end_time) == (T0 + timedelta(seconds=30), T0 + timedelta(seconds=90))
+    now = T0 + timedelta(seconds=95)
+    window = service.command_for(report, now=now).window
+    assert (window.start_time, window.end_time) == (T0 + timedelta(seconds=35), now)
     unbounded = DriftService(MonitorConfig(), {}, references=None, publisher=None)  # type: ignore[arg-type]
-    assert unbounded.command_for(report).window.start_time is None
+    assert unbounded.command_for(report, now=now).window.start_time is None
+    # Back-filled data: event times a day old, stored in Kafka just now. The window is in Kafka
+    # time, so it still covers what was just stored instead of a day-old, empty stretch.
+    old = report.model_copy(update={"window_start": T0 - timedelta(days=1),
+                                    "window_end": T0 - timedelta(days=1) + timedelta(seconds=90)})
+    window = service.command_for(old, now=now).window
+    assert (window.start_time, window.end_time) == (T0 + timedelta(seconds=35), now)
