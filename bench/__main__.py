@@ -11,9 +11,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import inference_latency, ingest_throughput, trainer_throughput
+from bench import drift_throughput, inference_latency, ingest_throughput, trainer_throughput
 
-BENCHMARKS = {"ingest": ingest_throughput.run, "inference": inference_latency.run, "trainer": trainer_throughput.run}
+BENCHMARKS = {"ingest": ingest_throughput.run, "inference": inference_latency.run, "trainer": trainer_throughput.run,
+              "drift": drift_throughput.run}
 
 
 def main(argv: list[str] | None = None) -> int:
