@@ -1,9 +1,12 @@
-"""Shared fixtures of the registry tests: ONNX models built with onnx.helper, databases, the core."""
+"""Shared fixtures of the registry tests: ONNX models built with onnx.helper, databases, the core,
+and a recording stand-in for Triton's model control endpoints."""
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +147,56 @@ def trainer() -> Principal:
 def operator() -> Principal:
     """A principal with the operator role."""
     return Principal(name="alice", roles=frozenset({Role.OPERATOR}))
+
+
+class FakeTritonControl(ThreadingHTTPServer):
+    """A loopback HTTP server standing in for Triton's ``/v2/repository/models/{name}/load|unload``.
+
+    It records every call as ``(path, JSON body)`` in ``calls`` and answers ``status``: 200 with
+    ``{}``, or that status with Triton's error shape. A fake, because these tests check what the
+    registry asks of Triton and how it reacts to a refusal; the real Triton is exercised by the
+    inference and reliability suites.
+    """
+
+    calls: list[tuple[str, dict[str, Any]]]
+    status: int
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server (``http://127.0.0.1:<port>``)."""
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    @property
+    def paths(self) -> list[str]:
+        """The paths of the recorded calls, in order."""
+        return [path for path, _ in self.calls]
+
+
+class _ControlHandler(BaseHTTPRequestHandler):
+    server: FakeTritonControl
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.calls.append((self.path, json.loads(body or b"{}")))
+        payload = b"{}" if self.server.status == 200 else b'{"error":"failed to load \'m\'"}'
+        self.send_response(self.server.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_triton() -> Iterator[FakeTritonControl]:
+    """A :class:`FakeTritonControl` on a free loopback port, answering 200 until told otherwise."""
+    server = FakeTritonControl(("127.0.0.1", 0), _ControlHandler)
+    server.calls, server.status = [], 200
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()

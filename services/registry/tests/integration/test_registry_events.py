@@ -6,9 +6,7 @@ Events are read back with a separate confluent-kafka consumer.
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,6 +16,8 @@ from registry.service import RegistryService
 from registry.settings import Settings
 from schemas.envelope import Envelope
 from schemas.registry import ModelRegisteredV1, RolloutChangedV1
+
+from services.registry.tests.conftest import FakeTritonControl
 
 pytestmark = pytest.mark.integration
 
@@ -94,67 +94,33 @@ def test_events_committed_while_no_publisher_runs_are_published_at_next_start(
         assert client.app.state.service.store.pending_messages(10) == []  # type: ignore[attr-defined]
 
 
-class _Recorder(ThreadingHTTPServer):
-    calls: list[str]
-    status: int
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Recorder
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.calls.append(self.path)
-        body = b"" if self.server.status == 200 else b'{"error":"load failed"}'
-        self.send_response(self.server.status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def fake_triton() -> Iterator[_Recorder]:
-    """A loopback HTTP server that records Triton model control calls (a fake for this test)."""
-    server = _Recorder(("127.0.0.1", 0), _Handler)
-    server.calls, server.status = [], 200
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
 def test_alias_changes_load_and_unload_models_in_triton(
-    settings: Settings, tokens: dict[str, str], fake_triton: _Recorder, make_onnx: Callable[..., bytes],
+    settings: Settings, tokens: dict[str, str], fake_triton: FakeTritonControl, make_onnx: Callable[..., bytes],
     spec_json: Callable[..., str],
 ) -> None:
-    settings = settings.model_copy(update={"triton_url": f"http://127.0.0.1:{fake_triton.server_address[1]}"})
+    settings = settings.model_copy(update={"triton_url": fake_triton.url})
     with TestClient(create_app(settings)) as client:
         client.post("/v1/models/fraud/versions", headers=_auth(tokens["trainer"]),
                     files={"artifact": ("m.onnx", make_onnx(), "application/octet-stream")},
                     data={"metadata": spec_json()})
-        assert fake_triton.calls == []  # registering does not change what serves
+        assert fake_triton.paths == []  # registering does not change what serves
         op = _auth(tokens["operator"])
         client.put("/v1/models/fraud/aliases/champion", headers=op, json={"version": 1, "reason": "r"})
-        assert fake_triton.calls == ["/v2/repository/models/fraud/load"]
+        assert fake_triton.paths == ["/v2/repository/models/fraud/load"]
         config = (settings.triton_root / "fraud" / "config.pbtxt").read_text()
         assert "versions: [1]" in config
         assert (settings.triton_root / "fraud" / "1" / "model.onnx").read_bytes() == make_onnx()
         client.delete("/v1/models/fraud/aliases/champion", headers=op, params={"reason": "retire"})
-        assert fake_triton.calls[-1] == "/v2/repository/models/fraud/unload"
+        assert fake_triton.paths[-1] == "/v2/repository/models/fraud/unload"
         assert client.post("/v1/models/fraud/triton/sync", headers=op).status_code == 204
-        assert fake_triton.calls[-1] == "/v2/repository/models/fraud/unload"
+        assert fake_triton.paths[-1] == "/v2/repository/models/fraud/unload"
 
 
 def test_a_failing_triton_does_not_undo_the_alias_change(
-    settings: Settings, tokens: dict[str, str], fake_triton: _Recorder, make_onnx: Callable[..., bytes],
+    settings: Settings, tokens: dict[str, str], fake_triton: FakeTritonControl, make_onnx: Callable[..., bytes],
     spec_json: Callable[..., str],
 ) -> None:
-    settings = settings.model_copy(update={"triton_url": f"http://127.0.0.1:{fake_triton.server_address[1]}"})
+    settings = settings.model_copy(update={"triton_url": fake_triton.url})
     fake_triton.status = 500
     with TestClient(create_app(settings)) as client:
         client.post("/v1/models/fraud/versions", headers=_auth(tokens["both"]),

@@ -1,17 +1,13 @@
 """The Triton model repository on disk, and the model control client.
 
-The control client is tested against a small recording HTTP server on loopback that stands in
-for Triton's ``/v2/repository/models/{name}/load|unload`` endpoints (a fake: the real
-tritonserver arrives with the inference service).
+The control client is tested against the recording stand-in for Triton's
+``/v2/repository/models/{name}/load|unload`` endpoints (``fake_triton`` in the registry tests'
+conftest), so the tests see exactly what the client sends and how it reads a refusal.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,6 +15,8 @@ from registry.domain import Signature
 from registry.errors import InvalidName, TritonError
 from registry.triton_repo import TritonControl, TritonRepository, render_config
 from schemas.registry import TensorSpec
+
+from services.registry.tests.conftest import FakeTritonControl
 
 
 def _sig(*, batch: bool = True) -> Signature:
@@ -99,42 +97,8 @@ def test_version_must_be_positive(tmp_path: Path) -> None:
         TritonRepository(tmp_path).version_file("m", 0)
 
 
-class _FakeTriton(ThreadingHTTPServer):
-    calls: list[tuple[str, dict[str, object]]]
-    status: int
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _FakeTriton
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.calls.append((self.path, json.loads(body or b"{}")))
-        payload = b"{}" if self.server.status == 200 else b'{"error":"failed to load \'m\'"}'
-        self.send_response(self.server.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def fake_triton() -> Iterator[_FakeTriton]:
-    server = _FakeTriton(("127.0.0.1", 0), _Handler)
-    server.calls, server.status = [], 200
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
-def test_control_client_loads_and_unloads(fake_triton: _FakeTriton) -> None:
-    control = TritonControl(f"http://127.0.0.1:{fake_triton.server_address[1]}/")
+def test_control_client_loads_and_unloads(fake_triton: FakeTritonControl) -> None:
+    control = TritonControl(f"{fake_triton.url}/")
     try:
         control.load("fraud")
         control.unload("fraud")
@@ -146,9 +110,9 @@ def test_control_client_loads_and_unloads(fake_triton: _FakeTriton) -> None:
     ]
 
 
-def test_control_client_reports_triton_refusal(fake_triton: _FakeTriton) -> None:
+def test_control_client_reports_triton_refusal(fake_triton: FakeTritonControl) -> None:
     fake_triton.status = 400
-    control = TritonControl(f"http://127.0.0.1:{fake_triton.server_address[1]}")
+    control = TritonControl(fake_triton.url)
     try:
         with pytest.raises(TritonError, match=r"HTTP 400.*failed to load"):
             control.load("m")
@@ -170,8 +134,8 @@ def test_control_client_reports_unreachable_triton() -> None:
         control.close()
 
 
-def test_control_client_refuses_bad_names_before_calling(fake_triton: _FakeTriton) -> None:
-    control = TritonControl(f"http://127.0.0.1:{fake_triton.server_address[1]}")
+def test_control_client_refuses_bad_names_before_calling(fake_triton: FakeTritonControl) -> None:
+    control = TritonControl(fake_triton.url)
     try:
         with pytest.raises(InvalidName):
             control.load("../../v2/health")
