@@ -101,9 +101,15 @@ class RedisProcess:
 
 
 def registry_tokens(data_dir: Path, tokens_file: Path) -> dict[str, str]:
-    """The trainer and operator tokens: made with ``tributary-registry-cli`` on the first run, then reused."""
+    """The trainer, operator and gateway tokens: made with ``tributary-registry-cli`` on the first run, then reused.
+
+    The gateway's token (operator role, named after the canary analysis that uses it) is how the
+    gateway moves aliases: the registry is their only writer.
+    """
     if tokens_file.is_file():
-        return dict(json.loads(tokens_file.read_text()))
+        kept = dict(json.loads(tokens_file.read_text()))
+        if "inference" in kept:
+            return kept
     cli = str(Path(sys.executable).parent / "tributary-registry-cli")
     env = {**os.environ, "REGISTRY_DATA_DIR": str(data_dir)}
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +123,8 @@ def registry_tokens(data_dir: Path, tokens_file: Path) -> dict[str, str]:
     run("migrate")
     tokens = {role: run("tokens", "create", "--name", f"demo-{role}", "--role", role).splitlines()[-1]
               for role in ("trainer", "operator")}
+    tokens["inference"] = run("tokens", "create", "--name", "inference/canary-analysis", "--role",
+                              "operator").splitlines()[-1]
     tokens_file.write_text(json.dumps(tokens))
     tokens_file.chmod(0o600)
     return tokens
@@ -284,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 "INFERENCE_GRPC_PORT": str(free_port()), "INFERENCE_REDIS_URL": redis.url,
                 "INFERENCE_TRITON_GRPC_URL": triton.grpc_url, "INFERENCE_FALLBACK": "onnxruntime",
                 "INFERENCE_MODEL_REPOSITORY": str(model_repository), "INFERENCE_REGISTRY_URL": url["registry"],
+                "INFERENCE_REGISTRY_TOKEN": tokens["inference"],
                 "INFERENCE_MODEL_DATASETS": json.dumps({MODEL: DATASET})}),
         ]
         say(f"starting registry (data in {registry_dir}, log: {services[0].log_path})")

@@ -9,6 +9,8 @@ The stickiness key is the ``X-Tributary-Entity`` header or the ``entity_id`` req
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, Literal
 
 import orjson
@@ -18,8 +20,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from inference import __version__
-from inference.deps import AnalyzerDep, OperatorDep, ServiceDep, SettingsDep
-from inference.errors import InferenceError, InvalidInput, ModelNotFound, http_status
+from inference.aliases import AliasMove, AliasTarget, target_of
+from inference.deps import AliasesDep, AnalyzerDep, OperatorDep, ServiceDep, SettingsDep
+from inference.errors import InferenceError, InvalidInput, ModelNotFound, RolloutConflict, http_status
 from inference.rollout import AliasChange
 from inference.routing import ModelRoute
 from inference.service import InferRequest, InferResult, PredictRequest
@@ -321,14 +324,41 @@ async def get_rollout(model: str, service: ServiceDep) -> RolloutPublic:
     return _public(service.rollout.route(model))
 
 
-@router.put("/v1/rollout/{model}", response_model=RolloutPublic, tags=["operator"])
-async def change_rollout(model: str, body: RolloutUpdate, service: ServiceDep, operator: OperatorDep
-                         ) -> RolloutPublic:
-    """Change one alias now on every replica, and publish the change to the rollout topic."""
-    route = await service.rollout.change(model, [AliasChange(body.alias, body.version, body.weight)],
-                                         changed_by=operator, reason=body.reason, origin="operator",
-                                         expected_revision=body.expected_revision)
-    return _public(route)
+@router.put("/v1/rollout/{model}", response_model=RolloutPublic, tags=["operator"],
+            responses={202: {"description": "the registry made the change; this replica does not serve it yet"}})
+async def change_rollout(model: str, body: RolloutUpdate, service: ServiceDep, operator: OperatorDep,
+                         aliases: AliasesDep, settings: SettingsDep) -> Response:
+    """Change one alias on every replica.
+
+    With a registry (the only writer of aliases) the change is made through the registry's API and
+    reaches every replica as the registry's rollout event; the answer waits (up to
+    ``registry_timeout_s``) until this replica serves it, else it is 202. Without a registry the
+    change is applied to the shared table at once and published to the rollout topic.
+    """
+    change = AliasChange(body.alias, body.version, body.weight).checked()
+    if aliases.owner == "gateway":
+        route = await service.rollout.change(model, [change], changed_by=operator, reason=body.reason,
+                                             origin="operator", expected_revision=body.expected_revision)
+        return _json(_public(route))
+    current = service.rollout.table.get(model)
+    if body.expected_revision is not None and (current.revision if current else 0) != body.expected_revision:
+        raise RolloutConflict(f"the rollout of {model!r} changed since revision {body.expected_revision}; "
+                              "read it again (GET /v1/rollout/{model}) and retry")
+    target = AliasTarget(change.version, change.weight)
+    await aliases.move(model, [AliasMove(body.alias, target)], reason=body.reason,
+                       changed_by=f"operator {operator} via the gateway")
+    deadline = time.monotonic() + settings.registry_timeout_s
+    while True:
+        current = service.rollout.table.get(model)
+        if current is not None and target_of(current, body.alias).same_as(target):
+            return _json(_public(current))
+        if time.monotonic() >= deadline:
+            return _json(_public(current or ModelRoute(model)), status=202)
+        await asyncio.sleep(0.02)
+
+
+def _json(route: RolloutPublic, status: int = 200) -> Response:
+    return Response(orjson.dumps(route.model_dump(mode="json")), status_code=status, media_type="application/json")
 
 
 @router.get("/v1/canary/decisions", tags=["operator"])

@@ -29,6 +29,7 @@ from tributary_kit.lag import reporting_lag
 from tributary_kit.telemetry import build_tracer_provider
 
 from inference import __version__, api
+from inference.aliases import AliasWriter, LocalAliases, RegistryAliases
 from inference.canary import CanaryAnalyzer, CanaryStats, LabelJoin, Policy
 from inference.consumer import RequestHandler
 from inference.contracts import RegistryContracts
@@ -78,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         consumers: list[EventConsumer[Any]] = []
+        writers: list[AliasWriter] = []
         grpc_server = None
 
         def spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -107,8 +109,17 @@ def create_app(settings: Settings) -> FastAPI:
                 max_inflight=settings.max_inflight, compare_canary=settings.compare_canary,
                 model_features=settings.model_features, model_datasets=settings.model_datasets,
                 contracts=contracts, tracer=tracer)
+            # The registry, when there is one, is the only writer of aliases (see aliases.py).
+            writer: AliasWriter
+            if settings.registry_url and settings.registry_token is not None:
+                writer = RegistryAliases(settings.registry_url, token=settings.registry_token.get_secret_value(),
+                                         timeout_s=settings.registry_timeout_s, retries=settings.registry_retries,
+                                         backoff_s=settings.registry_retry_backoff_s)
+            else:
+                writer = LocalAliases(rollout, origin="analysis")
+            writers.append(writer)
             analyzer = CanaryAnalyzer(rollout, stats, policy_of(settings), publish=publish_decision,
-                                      interval_s=settings.canary_interval_s)
+                                      interval_s=settings.canary_interval_s, writer=writer)
             predictions.start()
             mirror.start()
             spawn(rollout.run(settings.rollout_refresh_s, stop), "inference-rollout-refresh")
@@ -147,6 +158,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.settings = settings
             app.state.service = service
             app.state.analyzer = analyzer
+            app.state.aliases = writer
             app.state.consumers = {c.name: c for c in consumers}
             app.state.predictions = predictions
             log.info("inference gateway ready", extra={"triton": settings.triton_grpc_url,
@@ -175,6 +187,8 @@ def create_app(settings: Settings) -> FastAPI:
                 await fallback.close()
             if contracts is not None:
                 await contracts.close()
+            for w in writers:
+                await w.close()
             await asyncio.to_thread(producer.close, 10)
             await redis.aclose()
             provider.shutdown()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,8 +28,9 @@ from schemas.inference import CanaryDecidedV1, RouteEvidence
 from schemas.ingest import LabelEventV1
 
 from inference import metrics
-from inference.errors import InferenceError
-from inference.rollout import AliasChange, RolloutState
+from inference.aliases import AliasMove, AliasTarget, AliasWriter, LocalAliases, target_of
+from inference.errors import InferenceError, RolloutConflict
+from inference.rollout import RolloutState
 from inference.routing import ModelRoute
 
 log = logging.getLogger(__name__)
@@ -237,18 +239,66 @@ class LabelJoin:
 
 PublishDecision = Callable[[CanaryDecidedV1], Awaitable[None]]
 
+_State = tuple[int | None, int | None, float]
+
+
+@dataclass
+class _Pending:
+    """A decision's alias moves, kept until the rollout shows them (retried while the writer fails)."""
+
+    decided_on: _State
+    moves: list[AliasMove]
+    reason: str
+    revision: int
+    applied: bool = False
+    attempts: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+
+def moves_for(verdict: Verdict, route: ModelRoute) -> list[AliasMove]:
+    """The alias moves that carry out ``verdict`` on ``route`` (each with the state it was decided on).
+
+    Promotion points the champion at the canary first and removes the canary after, so every
+    request is served by a healthy version in between.
+
+    >>> r = ModelRoute("m", champion=1, canary=2, canary_weight=1.0)
+    >>> [(m.alias, m.target.version) for m in moves_for(Verdict("promote", 0.0, ()), r)]
+    [('champion', 2), ('canary', None)]
+    """
+    canary = target_of(route, "canary")
+    if verdict.action == "step":
+        return [AliasMove("canary", AliasTarget(route.canary, verdict.weight_after), canary)]
+    if verdict.action == "promote":
+        return [AliasMove("champion", AliasTarget(route.canary), target_of(route, "champion")),
+                AliasMove("canary", AliasTarget(None), canary)]
+    if verdict.action == "rollback":
+        return [AliasMove("canary", AliasTarget(None), canary)]
+    return []
+
 
 class CanaryAnalyzer:
-    """The loop: analyse every model with a canary, act on the verdict, publish the decision."""
+    """The loop: analyse every model with a canary, publish each decision, have the alias writer carry it out.
+
+    With a registry the writer is the registry's API: the decision's changes reach the routing
+    table only as the registry's rollout events. A change the writer could not make (registry
+    unreachable) is kept and retried every round until it is made, or dropped when the rollout
+    moved elsewhere meanwhile (an operator or another replica decided first); no new decision is
+    made for that model until then.
+    """
 
     def __init__(self, rollout: RolloutState, stats: CanaryStats, policy: Policy, *, publish: PublishDecision,
-                 interval_s: float) -> None:
+                 interval_s: float, writer: AliasWriter | None = None, settle_s: float = 60.0) -> None:
         self.rollout = rollout
         self.stats = stats
         self.policy = policy
         self._publish = publish
         self.interval_s = interval_s
-        self._seen: dict[str, tuple[int | None, int | None, float]] = {}
+        self.writer: AliasWriter = writer if writer is not None else LocalAliases(rollout, origin="analysis")
+        self.settle_s = settle_s
+        """How long an applied change may take to show in the rollout before the analysis resumes anyway."""
+        self._seen: dict[str, _State] = {}
+        self.pending: dict[str, _Pending] = {}
+        """Decisions whose changes are not yet in the rollout, by model."""
         self.decisions: list[CanaryDecidedV1] = []
         """Every decision this replica made (most recent last; bounded)."""
 
@@ -276,7 +326,9 @@ class CanaryAnalyzer:
     async def analyse(self, route: ModelRoute) -> CanaryDecidedV1 | None:
         """Decide for one model; None when there is nothing to decide or to publish."""
         model = route.model
-        state = (route.champion, route.canary, route.canary_weight)
+        state: _State = (route.champion, route.canary, route.canary_weight)
+        if model in self.pending and await self._carry_on(model, state):
+            return None
         if self._seen.get(model) != state:
             # The rollout moved (an operator, another replica, a decision): evidence starts again.
             self._seen[model] = state
@@ -292,18 +344,6 @@ class CanaryAnalyzer:
         if verdict.waiting:
             return None
         by = "inference/canary-analysis"
-        reason = "; ".join(verdict.reasons)
-        if verdict.action == "step":
-            await self.rollout.change(model, [AliasChange("canary", route.canary, verdict.weight_after)],
-                                      changed_by=by, reason=reason, origin="analysis",
-                                      expected_revision=route.revision)
-        elif verdict.action == "promote":
-            await self.rollout.change(model, [AliasChange("champion", route.canary), AliasChange("canary", None)],
-                                      changed_by=by, reason=reason, origin="analysis",
-                                      expected_revision=route.revision)
-        elif verdict.action == "rollback":
-            await self.rollout.change(model, [AliasChange("canary", None)], changed_by=by, reason=reason,
-                                      origin="analysis", expected_revision=route.revision)
         decision = CanaryDecidedV1(model_name=model, champion=champion.evidence(), canary=canary.evidence(),
                                    action=verdict.action, weight_before=route.canary_weight,
                                    weight_after=verdict.weight_after, divergence=divergence, compared=compared,
@@ -316,4 +356,42 @@ class CanaryAnalyzer:
             await self._publish(decision)
         except Exception:
             log.exception("canary decision not published", extra={"model": model})
+        moves = moves_for(verdict, route)
+        if moves:
+            self.pending[model] = _Pending(state, moves, f"canary analysis: {'; '.join(verdict.reasons)}",
+                                           route.revision)
+            await self._carry_on(model, state)
         return decision
+
+    async def _carry_on(self, model: str, state: _State) -> bool:
+        """Advance the pending change of ``model``; True while it blocks new decisions."""
+        p = self.pending[model]
+        if state != p.decided_on:
+            # The rollout shows the change (or someone else's): the decision is done.
+            del self.pending[model]
+            return False
+        if p.applied:
+            if time.monotonic() - p.since < self.settle_s:
+                return True
+            log.warning("the canary decision's change was made but never reached the rollout; analysing again",
+                        extra={"model": model, "owner": self.writer.owner})
+            del self.pending[model]
+            return False
+        p.attempts += 1
+        try:
+            await self.writer.move(model, p.moves, reason=p.reason, changed_by="inference/canary-analysis",
+                                   expected_revision=p.revision)
+        except RolloutConflict as exc:
+            log.warning("canary decision superseded; dropped", extra={"model": model, "reason": str(exc)})
+            metrics.CANARY_CHANGES.labels(model, "superseded").inc()
+            del self.pending[model]
+            return False
+        except InferenceError as exc:
+            metrics.CANARY_CHANGES.labels(model, "failed").inc()
+            log.error("canary decision not yet applied; retrying next round",
+                      extra={"model": model, "owner": self.writer.owner, "attempts": p.attempts, "error": str(exc)})
+            return True
+        metrics.CANARY_CHANGES.labels(model, "applied").inc()
+        p.applied = True
+        p.since = time.monotonic()
+        return True

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from inference.aliases import AliasWriter
 from inference.canary import CanaryAnalyzer
 from inference.errors import Unauthorized
 from inference.service import InferenceService
@@ -31,6 +32,12 @@ def get_analyzer(request: Request) -> CanaryAnalyzer:
     return analyzer
 
 
+def get_aliases(request: Request) -> AliasWriter:
+    """Who changes aliases: the registry, or this gateway when it has none."""
+    aliases: AliasWriter = request.app.state.aliases
+    return aliases
+
+
 def get_operator(request: Request) -> str:
     """The operator calling a rollout route: checks the bearer token when one is configured.
 
@@ -50,4 +57,5 @@ def get_operator(request: Request) -> str:
 ServiceDep = Annotated[InferenceService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 AnalyzerDep = Annotated[CanaryAnalyzer, Depends(get_analyzer)]
+AliasesDep = Annotated[AliasWriter, Depends(get_aliases)]
 OperatorDep = Annotated[str, Depends(get_operator)]

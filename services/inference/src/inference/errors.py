@@ -61,6 +61,18 @@ class BackendFailed(InferenceError):
     code = "backend_failed"
 
 
+class RegistryUnavailable(InferenceError):
+    """The model registry (the only writer of aliases) did not answer, or answered with a server error."""
+
+    code = "registry_unavailable"
+
+
+class RegistryRefused(InferenceError):
+    """The model registry refused an alias change (bad token or role, unknown version, invalid change)."""
+
+    code = "registry_refused"
+
+
 HTTP_STATUS: tuple[tuple[type[InferenceError], int], ...] = (
     (InvalidInput, 400),
     (Unauthorized, 401),
@@ -68,6 +80,8 @@ HTTP_STATUS: tuple[tuple[type[InferenceError], int], ...] = (
     (RolloutConflict, 409),
     (Overloaded, 429),
     (BackendFailed, 502),
+    (RegistryRefused, 502),
+    (RegistryUnavailable, 503),
     (BackendUnavailable, 503),
     (BackendTimeout, 504),
 )

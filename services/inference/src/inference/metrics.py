@@ -61,6 +61,9 @@ CANARY_DECISIONS = Counter("inference_canary_decisions_total", "Canary analysis 
                            ["model", "action"])
 ROLLOUT_VERSION = Gauge("inference_rollout_version", "Version each alias of a model points at (0: none), by model and "
                         "alias (champion|canary|shadow).", ["model", "alias"])
+CANARY_CHANGES = Counter("inference_canary_changes_total",
+                         "Attempts to carry out canary decisions by model and outcome (applied, failed: retried, "
+                         "superseded: dropped).", ["model", "outcome"])
 CANARY_WEIGHT = Gauge("inference_canary_weight", "Current canary weight by model.", ["model"])
 FEATURE_READS = Counter("inference_feature_reads_total", "Online store reads by outcome (hit|miss|error).",
                         ["outcome"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import topics
@@ -132,12 +132,25 @@ class Settings(BaseSettings):
     input per feature need no entry: the input names are the feature names."""
 
     registry_url: str | None = None
-    """Model registry (``http://registry:8082``): ``/v1/predict`` reads the input contract of trainer-built
-    models (``numeric`` and ``categorical`` inputs) from each version's ``reference_stats``; unset: such
-    models take tensors only."""
+    """Model registry (``http://registry:8082``), the only writer of aliases: the canary analysis and the
+    operator API change aliases through its REST API (with ``registry_token``), and the routing table
+    follows its rollout events. ``/v1/predict`` also reads the input contract of trainer-built models
+    (``numeric`` and ``categorical`` inputs) from each version's ``reference_stats``. Unset: a standalone
+    gateway that writes its routing table itself (development, benchmarks)."""
+
+    registry_token: SecretStr | None = None
+    """Registry token with the ``operator`` role, used for alias changes. Required with ``registry_url``
+    when the canary analysis runs."""
 
     registry_timeout_s: float = Field(default=5.0, gt=0)
     """Timeout of one registry request."""
+
+    registry_retries: int = Field(default=2, ge=0, le=10)
+    """Further attempts of a registry request after a transport error, a 5xx or a 429 (then the change
+    is kept and retried at the next canary analysis round)."""
+
+    registry_retry_backoff_s: float = Field(default=0.2, ge=0)
+    """Pause before the first retry of a registry request, doubled for each further one."""
 
     model_datasets: dict[str, str] = Field(default_factory=dict)
     """Dataset whose online features a model reads (JSON); default: the model's own name."""
@@ -206,6 +219,14 @@ class Settings(BaseSettings):
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         return url
+
+    @model_validator(mode="after")
+    def _registry_owns_aliases(self) -> Settings:
+        if self.registry_url and self.canary_analysis and self.registry_token is None:
+            raise ValueError("INFERENCE_REGISTRY_URL is set, so aliases change only through the registry: the canary "
+                             "analysis needs INFERENCE_REGISTRY_TOKEN (a registry token with the 'operator' role), "
+                             "or turn the analysis off with INFERENCE_CANARY_ANALYSIS=false")
+        return self
 
     def fallback_root(self) -> Path | None:
         """The repository the fallback reads, or None when the fallback is off."""

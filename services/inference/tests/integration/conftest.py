@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,8 +23,8 @@ from confluent_kafka.cimpl import NewTopic
 from inference.app import create_app
 from inference.settings import Settings
 
-from deploy.localstack import free_port
-from services.inference.tests.onnx_models import all_versions, write_registry_model
+from deploy.localstack import REPO, ServiceProcess, free_port
+from services.inference.tests.onnx_models import FAILING, all_versions, write_registry_model
 from tests.fixtures.triton import TritonServer, add_model
 
 T = TypeVar("T")
@@ -176,3 +181,87 @@ def set_rollout(g: Gateway, alias: str, version: int | None, weight: float | Non
 def v2_body(rows: list[list[float]], **extra: Any) -> dict[str, Any]:
     return {"inputs": [{"name": "x", "datatype": "FP32", "shape": [len(rows), 4],
                         "data": [v for r in rows for v in r]}], **extra}
+
+
+GATEWAY_PRINCIPAL = "gateway-under-test"
+"""Name of the registry token the test gateways change aliases with (the registry records it as author)."""
+
+
+@dataclass
+class Registry:
+    """A real registry process (``python -m registry``) on its own SQLite file, publishing to the test's topic."""
+
+    process: ServiceProcess
+    url: str
+    operator_token: str
+    gateway_token: str
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A request to the registry with the operator's token."""
+        return httpx.request(method, f"{self.url}{path}", headers={"Authorization": f"Bearer {self.operator_token}"},
+                             timeout=30, **kwargs)
+
+    def set_alias(self, alias: str, version: int, weight: float | None = None) -> None:
+        """Point an alias of ``credit`` at ``version`` as an operator would."""
+        body: dict[str, Any] = {"version": version, "reason": "test"}
+        if weight is not None:
+            body["weight"] = weight
+        r = self.call("PUT", f"/v1/models/{MODEL}/aliases/{alias}", json=body)
+        assert r.status_code == 200, r.text
+
+    def aliases(self) -> dict[str, Any]:
+        """Where every alias of ``credit`` points in the registry."""
+        r = httpx.get(f"{self.url}/v1/models/{MODEL}", timeout=30)
+        assert r.status_code == 200, r.text
+        aliases: dict[str, Any] = r.json()["aliases"]
+        return aliases
+
+    def history(self, alias: str) -> list[dict[str, Any]]:
+        """The registry's audit log of one alias, oldest first."""
+        r = httpx.get(f"{self.url}/v1/models/{MODEL}/history", params={"alias": alias}, timeout=30)
+        assert r.status_code == 200, r.text
+        data: list[dict[str, Any]] = r.json()["data"]
+        return data
+
+
+@pytest.fixture
+def registry(kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path) -> Iterator[Registry]:
+    """A registry holding ``credit`` v1-v4 (the same graphs Triton serves), publishing to the test's rollout topic."""
+    data_dir = tmp_path / "registry"
+    data_dir.mkdir()
+    env = {"REGISTRY_DATA_DIR": str(data_dir)}
+    cli = str(Path(sys.executable).parent / "tributary-registry-cli")
+
+    def run(*args: str) -> str:
+        done = subprocess.run([cli, *args], env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=120, cwd=REPO)
+        assert done.returncode == 0, f"tributary-registry-cli {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done.stdout.strip().splitlines()[-1]
+
+    run("migrate")
+    tokens = {name: run("tokens", "create", "--name", name, "--role", role)
+              for name, role in (("trainer", "trainer"), ("operator", "operator"), (GATEWAY_PRINCIPAL, "operator"))}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = ServiceProcess("registry", "registry", {
+        **env, "REGISTRY_PORT": str(port), "REGISTRY_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "REGISTRY_ROLLOUT_CHANGED_TOPIC": topics["rollout"],
+        "REGISTRY_MODEL_REGISTERED_TOPIC": f"{topics['rollout']}.registered", "REGISTRY_OUTBOX_POLL_INTERVAL_S": "0.2",
+        "REGISTRY_LOG_LEVEL": "WARNING"}, ready_url=f"{url}/readyz", log_path=tmp_path / "registry.log")
+    process.start()
+    spec = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]}
+    trainer = {"Authorization": f"Bearer {tokens['trainer']}"}
+    try:
+        # The registry runs each graph before accepting it, which the run-time-failing v3 would not
+        # survive; it gets a working graph of the same signature there. Triton serves the test
+        # repository (where v3 fails), so only the registry's alias records matter here.
+        graphs = {**all_versions(), FAILING: all_versions()[1]}
+        for version, graph in sorted(graphs.items()):
+            r = httpx.post(f"{url}/v1/models/{MODEL}/versions", headers=trainer,
+                           files={"metadata": (None, json.dumps(spec), "application/json"),
+                                  "artifact": ("model.onnx", graph, "application/octet-stream")}, timeout=60)
+            assert r.status_code == 201 and r.json()["version"] == version, r.text
+        yield Registry(process, url, tokens["operator"], tokens[GATEWAY_PRINCIPAL])
+    finally:
+        process.stop()

@@ -15,7 +15,15 @@ from inference.service import InferRequest
 from inference.settings import Settings
 from inference.tensors import Tensor
 
-from services.inference.tests.integration.conftest import MODEL, Gateway, set_rollout, v2_body
+from services.inference.tests.integration.conftest import (
+    GATEWAY_PRINCIPAL,
+    MODEL,
+    Gateway,
+    Registry,
+    set_rollout,
+    v2_body,
+)
+from services.inference.tests.onnx_models import FAILING
 from tests.fixtures.kafka import consume
 from tests.fixtures.triton import TritonServer
 
@@ -76,45 +84,94 @@ def _drive(g: Gateway, stop: Callable[[], bool], timeout_s: float = 60) -> None:
     i = 0
     with httpx.Client(timeout=10) as client:
         while not stop():
-            assert time.monotonic() < deadline, (g.service.rollout.table[MODEL], g.app.state.analyzer.decisions)
+            assert time.monotonic() < deadline, (g.service.rollout.table.get(MODEL), g.app.state.analyzer.decisions,
+                                                 g.app.state.analyzer.pending)
             # Rows on which the versions' answers differ (v4 agrees with v1 on ROW).
             client.post(f"{g.url}/v2/models/{MODEL}/infer", json=v2_body([[1.0, 2.0, 3.0, float(i % 7)]]),
                         headers={"x-tributary-entity": f"e-{i}"})
             i += 1
 
 
-def _analysis(served: TritonServer, settings_for: Callable[..., Settings], **overrides: object) -> Settings:
+def _analysis(served: TritonServer, settings_for: Callable[..., Settings], registry: Registry,
+              **overrides: object) -> Settings:
     return settings_for(served, canary_analysis=True, canary_interval_s=0.3, canary_min_requests=30,
-                        canary_min_requests_rollback=10, canary_min_compared=10, **overrides)
+                        canary_min_requests_rollback=10, canary_min_compared=10, registry_url=registry.url,
+                        registry_token=registry.gateway_token, **overrides)
+
+
+def _serves(g: Gateway, champion: int, canary: int | None, weight: float | None = None) -> Callable[[], bool]:
+    def check() -> bool:
+        r = g.service.rollout.table.get(MODEL)
+        return (r is not None and r.champion == champion and r.canary == canary
+                and (weight is None or abs(r.canary_weight - weight) < 1e-9))
+    return check
 
 
 @pytest.mark.parametrize(("bad", "why"), [(3, "error rate"), (4, "differ from the champion")])
-def test_a_bad_canary_is_rolled_back_with_its_evidence(
-        bad: int, why: str, served: TritonServer, settings_for: Callable[..., Settings],
+def test_a_bad_canary_is_rolled_back_through_the_registry_with_its_evidence(
+        bad: int, why: str, served: TritonServer, settings_for: Callable[..., Settings], registry: Registry,
         gateway_factory: Callable[[Settings], Gateway], kafka_bootstrap: str, topics: dict[str, str]) -> None:
-    g = gateway_factory(_analysis(served, settings_for))
-    set_rollout(g, "champion", 1)
-    set_rollout(g, "canary", bad, weight=0.5)
-    _drive(g, lambda: g.service.rollout.table[MODEL].canary is None)
-    assert g.service.rollout.table[MODEL].champion == 1
+    g = gateway_factory(_analysis(served, settings_for, registry))
+    registry.set_alias("champion", 1)
+    registry.set_alias("canary", bad, weight=0.5)
+    g.wait_for(_serves(g, 1, bad, 0.5), message="the registry's aliases never reached the gateway")
+    _drive(g, _serves(g, 1, None))
+    # The registry made the change: its records say what serves, and name the gateway as the author.
+    assert set(registry.aliases()) == {"champion"} and registry.aliases()["champion"]["version"] == 1
+    removal = registry.history("canary")[-1]
+    assert removal["version"] is None and removal["previous_version"] == bad
+    assert removal["changed_by"] == GATEWAY_PRINCIPAL and why in removal["reason"]
     decision = json.loads(consume(kafka_bootstrap, topics["decisions"], count=1, match=lambda m: json.loads(
         m.value())["payload"]["action"] == "rollback")[0].value())["payload"]
     assert decision["weight_after"] == 0
     assert decision["canary"]["version"] == bad and any(why in r for r in decision["reasons"])
-    # The rollback is published on the rollout topic: the canary alias removed by the analysis.
-    [removal] = consume(kafka_bootstrap, topics["rollout"], count=1, match=lambda m: (
+    # What the gateway serves came from the registry's own event on the rollout topic.
+    [event] = consume(kafka_bootstrap, topics["rollout"], count=1, match=lambda m: (
         json.loads(m.value())["payload"]["alias"] == "canary" and json.loads(m.value())["payload"]["version"] is None))
-    assert json.loads(removal.value())["payload"]["changed_by"] == "inference/canary-analysis"
+    assert json.loads(event.value())["source"] == "registry"
+    assert json.loads(event.value())["payload"]["changed_by"] == GATEWAY_PRINCIPAL
 
 
-def test_a_good_canary_steps_up_and_is_promoted(
-        served: TritonServer, settings_for: Callable[..., Settings], gateway_factory: Callable[[Settings], Gateway],
-        kafka_bootstrap: str, topics: dict[str, str]) -> None:
+def test_a_good_canary_steps_up_and_is_promoted_in_the_registry(
+        served: TritonServer, settings_for: Callable[..., Settings], registry: Registry,
+        gateway_factory: Callable[[Settings], Gateway], kafka_bootstrap: str, topics: dict[str, str]) -> None:
     # Latency on a shared 2-core box is noisy over 30 requests: this test is about stepping, not latency.
-    g = gateway_factory(_analysis(served, settings_for, canary_steps=[0.25, 0.5, 1.0], canary_p99_slack_ms=200))
-    set_rollout(g, "champion", 1)
-    set_rollout(g, "canary", 2, weight=0.25)
-    _drive(g, lambda: g.service.rollout.table[MODEL].champion == 2, timeout_s=90)
-    assert g.service.rollout.table[MODEL].canary is None
+    g = gateway_factory(_analysis(served, settings_for, registry, canary_steps=[0.25, 0.5, 1.0],
+                                  canary_p99_slack_ms=200))
+    registry.set_alias("champion", 1)
+    registry.set_alias("canary", 2, weight=0.25)
+    g.wait_for(_serves(g, 1, 2, 0.25), message="the registry's aliases never reached the gateway")
+    _drive(g, _serves(g, 2, None), timeout_s=90)
     decisions = [json.loads(m.value())["payload"] for m in consume(kafka_bootstrap, topics["decisions"], count=3)]
     assert [(d["action"], d["weight_after"]) for d in decisions] == [("step", 0.5), ("step", 1.0), ("promote", 0.0)]
+    # The registry holds the outcome (the next retrain gates against v2) and every step of the way.
+    aliases = registry.aliases()
+    assert set(aliases) == {"champion"} and aliases["champion"]["version"] == 2
+    assert [(c["version"], c["weight"]) for c in registry.history("canary")] == [
+        (2, 0.25), (2, 0.5), (2, 1.0), (None, None)]
+    assert [c["changed_by"] for c in registry.history("canary")][1:] == [GATEWAY_PRINCIPAL] * 3
+    assert registry.history("champion")[-1]["changed_by"] == GATEWAY_PRINCIPAL
+
+
+def test_a_decision_is_kept_and_retried_while_the_registry_is_down(
+        served: TritonServer, settings_for: Callable[..., Settings], registry: Registry,
+        gateway_factory: Callable[[Settings], Gateway], kafka_bootstrap: str, topics: dict[str, str]) -> None:
+    g = gateway_factory(_analysis(served, settings_for, registry, registry_timeout_s=1, registry_retries=1,
+                                  registry_retry_backoff_s=0.05))
+    registry.set_alias("champion", 1)
+    registry.set_alias("canary", FAILING, weight=0.5)
+    g.wait_for(_serves(g, 1, FAILING, 0.5), message="the registry's aliases never reached the gateway")
+    registry.process.stop()
+    analyzer = g.app.state.analyzer
+    _drive(g, lambda: MODEL in analyzer.pending and analyzer.pending[MODEL].attempts >= 3)
+    # Decided and published, not yet carried out: the gateway does not change what serves by itself.
+    assert [d.action for d in analyzer.decisions] == ["rollback"]
+    assert not analyzer.pending[MODEL].applied
+    assert _serves(g, 1, FAILING, 0.5)()
+    assert consume(kafka_bootstrap, topics["decisions"], count=1)
+    registry.process.start()
+    g.wait_for(_serves(g, 1, None), timeout_s=60, message="the kept rollback was not made once the registry returned")
+    assert set(registry.aliases()) == {"champion"}
+    assert registry.history("canary")[-1]["changed_by"] == GATEWAY_PRINCIPAL
+    assert [d.action for d in analyzer.decisions] == ["rollback"]
+    assert MODEL not in analyzer.pending

@@ -265,3 +265,15 @@ async def test_predict_builds_tensors_from_the_registry_input_contract() -> None
     service.contracts = None
     with pytest.raises(InvalidInput, match="INFERENCE_REGISTRY_URL"):
         await service.predict(PredictRequest(model="m", entity="c-1", features={"income": 1.0}))
+
+
+def test_registry_settings_refuse_an_analysis_that_could_not_write_aliases() -> None:
+    from inference.settings import Settings
+    from pydantic import ValidationError
+
+    base = {"triton_grpc_url": "t:1", "redis_url": "redis://r:6379/0"}
+    with pytest.raises(ValidationError, match="INFERENCE_REGISTRY_TOKEN"):
+        Settings(**base, registry_url="http://registry:8082")
+    ok = Settings(**base, registry_url="http://registry:8082", registry_token="trb_x")
+    assert ok.registry_token is not None and ok.registry_token.get_secret_value() == "trb_x"
+    assert "trb_x" not in repr(ok)
