@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -70,47 +71,63 @@ class Delivery:
         return self.error is None
 
 
-class _Batch:
-    """Collects delivery reports for one batch; resolves its future when all are in."""
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
-    __slots__ = ("future", "lock", "loop", "pending", "results", "sealed")
+
+class Sent:
+    """What the broker said about a batch of records sent with :meth:`AsyncProducer.send_batch`.
+
+    Cheap on the happy path: per record it keeps only librdkafka's message; :meth:`delivery`
+    builds the full answer for one record when a caller needs its partition and offset.
+    """
+
+    __slots__ = ("_messages", "errors", "future", "loop", "received", "sent")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
         self.loop = loop
         self.future: asyncio.Future[None] = loop.create_future()
-        self.results: list[Delivery | None] = [None] * size
-        self.pending = 0
-        self.sealed = False
-        self.lock = threading.Lock()
+        self._messages: list[Message | None] = [None] * size
+        self.errors: dict[int, str] = {}
+        """Index -> why the broker did not take that record; empty when all were acknowledged."""
+        self.received = 0  # written by the delivery-report thread only
+        self.sent = -1  # records enqueued; set once every record was handed to librdkafka
 
     def on_delivery(self, index: int, err: KafkaError | None, msg: Message) -> None:
-        # Runs on the poll thread.
-        topic, partition, offset = msg.topic() or "", msg.partition(), msg.offset()
-        result = Delivery(
-            topic,
-            -1 if partition is None else partition,
-            -1 if offset is None or err is not None else offset,
-            None if err is None else err.str(),
-        )
-        with self.lock:
-            self.results[index] = result
-            self.pending -= 1
-            done = self.sealed and self.pending == 0
-        if done:
+        """Delivery report of record ``index`` (runs on the thread serving delivery reports)."""
+        self._messages[index] = msg
+        if err is not None:
+            self.errors[index] = err.str()
+        self.received += 1
+        if self.received == self.sent:
             self.loop.call_soon_threadsafe(_resolve, self.future)
 
-    def seal(self) -> None:
-        """No more records will be added; resolve now if every report is already in."""
-        with self.lock:
-            self.sealed = True
-            done = self.pending == 0
-        if done:
+    def seal(self, sent: int) -> None:
+        """``sent`` records were enqueued; resolve now if every report is already in.
+
+        Lock-free: only the report thread writes ``received`` and only the event loop writes
+        ``sent``; whichever side sees both complete resolves the future (resolving twice is a
+        no-op), and under the GIL at least one of them does.
+        """
+        self.sent = sent
+        if self.received == sent:
             _resolve(self.future)
 
+    @property
+    def ok(self) -> bool:
+        """True when the broker acknowledged every record that was sent."""
+        return not self.errors
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+    def delivery(self, index: int) -> Delivery:
+        """Where record ``index`` landed, or why it did not (only for records that were sent)."""
+        msg = self._messages[index]
+        if msg is None:
+            raise IndexError(f"record {index} was not sent")
+        error = self.errors.get(index)
+        partition, offset = msg.partition(), msg.offset()
+        return Delivery(msg.topic() or "", -1 if partition is None else partition,
+                        -1 if offset is None or error is not None else offset, error)
 
 
 class AsyncProducer:
@@ -149,42 +166,53 @@ class AsyncProducer:
                 of the records that were enqueued before it filled up.
 
         """
-        loop = asyncio.get_running_loop()
-        batch = _Batch(loop, len(records))
+        sent = await self.send_batch(records)
+        return [sent.delivery(i) for i in range(sent.sent)]
+
+    async def send_batch(self, records: Sequence[Record]) -> Sent:
+        """Send ``records`` in order and wait until the broker answered for every one.
+
+        The batch form of :meth:`send_many` for hot paths: one small object per batch instead
+        of one per record; ask the result for a record's :class:`Delivery` when needed.
+
+        Raises:
+            ProducerQueueFull: the local queue stayed full; ``results`` holds the deliveries
+                of the records that were enqueued before it filled up.
+
+        """
+        sent = Sent(asyncio.get_running_loop(), len(records))
         produce = self._producer.produce
-        full_at: int | None = None
+        report = sent.on_delivery
+        enqueued = 0
+        full = False
         for index, record in enumerate(records):
-            callback = _bind(batch, index)
             deadline: float | None = None
             while True:
-                with batch.lock:
-                    batch.pending += 1
                 try:
-                    produce(record.topic, record.value, record.key, on_delivery=callback)
+                    produce(record.topic, record.value, record.key, on_delivery=partial(report, index))
+                    enqueued += 1
                     break
                 except BufferError:
-                    with batch.lock:
-                        batch.pending -= 1
                     now = time.monotonic()
                     deadline = deadline or now + self._enqueue_timeout_s
                     if now >= deadline:
-                        full_at = index
+                        full = True
                         break
                     await asyncio.sleep(0.005)
                 except KafkaException:
-                    with batch.lock:
-                        batch.pending -= 1
+                    sent.seal(enqueued)
+                    await sent.future
                     raise
-            if full_at is not None:
+            if full:
                 break
-        batch.seal()
-        await batch.future
-        if full_at is not None:
-            done = [r for r in batch.results[:full_at] if r is not None]
+        sent.seal(enqueued)
+        await sent.future
+        if full:
             raise ProducerQueueFull(
-                f"producer queue full: {full_at} of {len(records)} records sent, the rest refused", done
+                f"producer queue full: {enqueued} of {len(records)} records sent, the rest refused",
+                [sent.delivery(i) for i in range(enqueued)],
             )
-        return [r for r in batch.results if r is not None]
+        return sent
 
     def queue_length(self) -> int:
         """Records waiting in the local queue or in flight to the broker."""
@@ -201,16 +229,11 @@ class AsyncProducer:
 
     def close(self, timeout_s: float = 10.0) -> int:
         """Flush what is queued (up to ``timeout_s``) and stop; returns records left unsent."""
-        left: int = self._producer.flush(timeout_s)
+        # Stop serving reports on the poll thread first: flush serves them here, and the
+        # batches count their reports without a lock (one serving thread at a time).
         self._stop.set()
         self._thread.join(timeout=5)
+        left: int = self._producer.flush(timeout_s)
         if left:
             log.error("producer closed with undelivered records", extra={"undelivered": left})
         return left
-
-
-def _bind(batch: _Batch, index: int) -> Any:
-    def callback(err: KafkaError | None, msg: Message) -> None:
-        batch.on_delivery(index, err, msg)
-
-    return callback

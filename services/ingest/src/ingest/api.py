@@ -137,7 +137,8 @@ async def _events(request: Request, kind: Kind, *, batch: bool, service: IngestS
         try:
             body = await read_limited(request.stream(), limit=limit, declared=request.headers.get("content-length"))
             content_type = request.headers.get("content-type")
-            rows: list[Row] = (decode_batch(body, content_type, kind, max_events=settings.max_batch_events)
+            rows: list[Row] = (decode_batch(body, content_type, kind, max_events=settings.max_batch_events,
+                                            compiled=service.batch_validator())
                                if batch else [decode_single(body, content_type, kind)])
         except TooLarge as exc:
             await service.refuse(kind, exc.prefix, reason=str(exc), size=exc.size)
@@ -151,7 +152,7 @@ async def _events(request: Request, kind: Kind, *, batch: bool, service: IngestS
             raise Rejected(
                 f"{result.rejected_rows} of {result.total} events were refused and written to "
                 f"{TOPICS[kind]}.dlq; the other {len(result.accepted)} were published",
-                problems=result.problems, accepted=[a.event_id for a in result.accepted], total=result.total,
+                problems=result.problems, accepted=list(result.accepted), total=result.total,
             )
         code = 200
         return result
@@ -167,7 +168,7 @@ async def _events(request: Request, kind: Kind, *, batch: bool, service: IngestS
 async def post_event(request: Request, service: ServiceDep, settings: SettingsDep) -> EventAccepted:
     """Publish one feature event; answers once the broker acknowledged it."""
     result = await _events(request, "features", batch=False, service=service, settings=settings)
-    a = result.accepted[0]
+    a = result.where(0)
     return EventAccepted(event_id=a.event_id, topic=TOPICS["features"], partition=a.partition, offset=a.offset)
 
 
@@ -183,7 +184,7 @@ async def post_events(request: Request, service: ServiceDep, settings: SettingsD
 async def post_label(request: Request, service: ServiceDep, settings: SettingsDep) -> EventAccepted:
     """Publish one label event."""
     result = await _events(request, "labels", batch=False, service=service, settings=settings)
-    a = result.accepted[0]
+    a = result.where(0)
     return EventAccepted(event_id=a.event_id, topic=TOPICS["labels"], partition=a.partition, offset=a.offset)
 
 

@@ -47,7 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             await asyncio.to_thread(catalogue.load, settings.startup_timeout_s)
             service = IngestService(specs=catalogue.compiled, producer=producer,
-                                    tracer=provider.get_tracer("ingest"))
+                                    tracer=provider.get_tracer("ingest"), compiled=catalogue.batch_validator)
             app.state.settings = settings
             app.state.producer = producer
             app.state.catalogue = catalogue

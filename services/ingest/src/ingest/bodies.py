@@ -16,6 +16,7 @@ import orjson
 
 from ingest.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ingest.service import Row
+from ingest.spec_models import BatchValidator
 from ingest.validation import Kind, parse_many_json, parse_one_json
 
 JSON_TYPES = {"application/json"}
@@ -86,8 +87,13 @@ def decode_single(body: bytes, content_type: str | None, kind: Kind) -> Row:
     return Row(value=value, text=body)
 
 
-def decode_batch(body: bytes, content_type: str | None, kind: Kind, *, max_events: int) -> list[Row]:
+def decode_batch(body: bytes, content_type: str | None, kind: Kind, *, max_events: int,
+                 compiled: BatchValidator | None = None) -> list[Row]:
     """The rows of a batch: a JSON array (application/json) or one event per line (NDJSON).
+
+    ``compiled`` (feature batches) validates a JSON array against the dataset specs in one pass;
+    its rows are marked checked. Any failure there falls back to the row-by-row path, which
+    names every problem.
 
     Raises:
         UnsupportedMediaType: neither JSON nor NDJSON.
@@ -97,6 +103,13 @@ def decode_batch(body: bytes, content_type: str | None, kind: Kind, *, max_event
     media = media_type(content_type)
     rows: list[Row]
     if media in JSON_TYPES:
+        checked = compiled.validate_json(body) if compiled is not None and kind == "features" else None
+        if checked is not None:
+            if len(checked) > max_events:
+                raise PayloadTooLarge(f"batch of {len(checked)} events is over the limit of {max_events}; split it")
+            if not checked:
+                raise BadRequest("the batch is empty", code="empty_batch")
+            return [Row(event=e, checked=True) for e in checked]
         events = parse_many_json(body, kind)
         if events is not None:
             if len(events) > max_events:

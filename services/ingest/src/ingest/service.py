@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -20,11 +20,12 @@ from schemas.deadletter import Problem
 from schemas.topics import FEATURES, LABELS, dlq
 from tributary_kit.codec import encode, encode_event
 from tributary_kit.deadletter import dead_letter
-from tributary_kit.producer import AsyncProducer, ProducerQueueFull, Record
+from tributary_kit.producer import AsyncProducer, ProducerQueueFull, Record, Sent
 from tributary_kit.telemetry import current_traceparent
 
 from ingest import metrics
 from ingest.errors import BrokerUnavailable, Overloaded
+from ingest.spec_models import BatchValidator
 from ingest.validation import DataEvent, Kind, SpecLookup, check_event, validate_row
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ class Row:
 
     ``event`` is set instead of ``value`` when the row was already parsed against the contract.
     ``text`` is the original text, kept for dead letters (None: re-serialise ``value``).
-    ``partition``/``offset``/``key`` say where a raw Kafka record came from.
+    ``partition``/``offset``/``key`` say where a raw Kafka record came from. ``checked`` says
+    ``event`` was already validated against its dataset's spec (the compiled batch path).
     """
 
     value: Any = None
@@ -49,6 +51,7 @@ class Row:
     partition: int | None = None
     offset: int | None = None
     key: str | None = None
+    checked: bool = False
 
     def original(self) -> str | bytes:
         """The row as it arrived, as closely as it can be reproduced."""
@@ -64,7 +67,7 @@ class Row:
 
 @dataclass(slots=True)
 class Accepted:
-    """An event the broker acknowledged."""
+    """An event the broker acknowledged, and where it landed."""
 
     event_id: str
     partition: int
@@ -73,12 +76,24 @@ class Accepted:
 
 @dataclass(slots=True)
 class IngestResult:
-    """What became of a batch: every row is either accepted or has problems (and a dead letter)."""
+    """What became of a batch: every row is either accepted or has problems (and a dead letter).
+
+    ``accepted`` lists the acknowledged event ids in order; :meth:`where` tells where one landed.
+    """
 
     total: int
-    accepted: list[Accepted] = field(default_factory=list)
+    accepted: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     rejected_rows: int = 0
+    _sent: Sent | None = None
+    _records: list[int] = field(default_factory=list)  # per accepted event: its record's index
+
+    def where(self, n: int) -> Accepted:
+        """The ``n``-th accepted event with its partition and offset."""
+        if self._sent is None:
+            raise IndexError("nothing was published")
+        delivery = self._sent.delivery(self._records[n])
+        return Accepted(self.accepted[n], delivery.partition, delivery.offset)
 
 
 class IngestService:
@@ -86,16 +101,23 @@ class IngestService:
 
     Args:
         specs: looks up a dataset spec by name.
+        compiled: the current batch validator compiled from every spec (fast path of JSON
+            batches); None validates row by row only.
         producer: the process's Kafka producer.
         tracer: tracer for the batch spans; its context travels in every envelope.
     """
 
     def __init__(self, *, specs: SpecLookup, producer: AsyncProducer, tracer: trace.Tracer,
-                 source: str = "ingest") -> None:
+                 source: str = "ingest", compiled: Callable[[], BatchValidator] | None = None) -> None:
         self._specs = specs
+        self._compiled = compiled
         self._producer = producer
         self._tracer = tracer
         self._source = source
+
+    def batch_validator(self) -> BatchValidator | None:
+        """The compiled validator of JSON feature batches, when the service has one."""
+        return self._compiled() if self._compiled is not None else None
 
     async def ingest(self, kind: Kind, rows: Sequence[Row], *, origin: Origin,
                      source_topic: str | None = None) -> IngestResult:
@@ -130,7 +152,7 @@ class IngestService:
                 if row.error is not None:
                     outcome = [Problem(row=index, field="", message=row.error)]
                 elif row.event is not None:
-                    outcome = check_event(row.event, self._specs, row=index)
+                    outcome = row.event if row.checked else check_event(row.event, self._specs, row=index)
                 else:
                     outcome = validate_row(row.value, kind, self._specs, row=index)
                 if isinstance(outcome, list):
@@ -174,7 +196,7 @@ class IngestService:
     async def _publish(self, records: list[Record], event_ids: list[str | None], result: IngestResult, *,
                        kind: Kind, origin: Origin, dlq_topic: str) -> None:
         try:
-            deliveries = await self._producer.send_many(records)
+            sent = await self._producer.send_batch(records)
         except ProducerQueueFull as exc:
             accepted = [eid for eid, d in zip(event_ids, exc.results, strict=False) if eid and d.ok]
             metrics.EVENTS.labels(kind, origin, "accepted").inc(len(accepted))
@@ -185,24 +207,26 @@ class IngestService:
                 "(resending accepted events is safe: consumers deduplicate by event id)",
                 accepted=accepted,
             ) from exc
-        failed: list[str] = []
+        result._sent = sent
+        errors = sent.errors
         letters = 0
-        for event_id, delivery in zip(event_ids, deliveries, strict=True):
-            if not delivery.ok:
-                failed.append(event_id or "<dead letter>")
-            elif event_id is None:
-                letters += 1
-            else:
-                result.accepted.append(Accepted(event_id, delivery.partition, delivery.offset))
-        metrics.EVENTS.labels(kind, origin, "accepted").inc(len(result.accepted))
+        accepted, positions = result.accepted, result._records
+        for index, event_id in enumerate(event_ids):
+            if event_id is None:
+                letters += index not in errors
+            elif index not in errors:
+                accepted.append(event_id)
+                positions.append(index)
+        metrics.EVENTS.labels(kind, origin, "accepted").inc(len(accepted))
         metrics.EVENTS.labels(kind, origin, "rejected").inc(result.rejected_rows)
         if letters:
             metrics.DEAD_LETTERS.labels(dlq_topic).inc(letters)
-        if failed:
+        if errors:
+            failed = [event_ids[i] or "<dead letter>" for i in sorted(errors)]
             metrics.EVENTS.labels(kind, origin, "failed").inc(len(failed))
-            reason = next(d.error for d in deliveries if not d.ok)
+            reason = errors[min(errors)]
             raise BrokerUnavailable(
                 f"the broker did not acknowledge {len(failed)} records ({reason}); send them again "
                 "(resending is safe: consumers deduplicate by event id)",
-                accepted=[a.event_id for a in result.accepted], failed=failed,
+                accepted=list(accepted), failed=failed,
             )

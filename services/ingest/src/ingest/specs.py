@@ -26,7 +26,8 @@ from tributary_kit.telemetry import current_traceparent
 
 from ingest import metrics
 from ingest.errors import BrokerUnavailable, SpecConflict, UnknownDataset
-from ingest.validation import CompiledSpec
+from ingest.spec_models import BatchValidator, feature_event_model
+from ingest.validation import CompiledSpec, StrictFeatureEvent
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class SpecCatalogue:
         self._topic = topic
         self._specs: dict[str, RegisteredSpec] = {}
         self._compiled: dict[str, CompiledSpec] = {}
+        self._models: dict[str, type[StrictFeatureEvent]] = {}
+        self._batch_validator: BatchValidator | None = None
         self._lock = threading.Lock()
         self._register_lock = asyncio.Lock()
         self._stop = threading.Event()
@@ -65,6 +68,21 @@ class SpecCatalogue:
     def compiled(self, name: str) -> CompiledSpec | None:
         """The current spec of ``name`` prepared for validation, or None."""
         return self._compiled.get(name)
+
+    def batch_validator(self) -> BatchValidator:
+        """Validates JSON arrays of feature events against every current spec in one pass.
+
+        Rebuilt lazily after a spec changes (building costs milliseconds; specs change rarely).
+        """
+        validator = self._batch_validator
+        if validator is None:
+            with self._lock:
+                models = list(self._models.values())
+            validator = BatchValidator(models)
+            with self._lock:
+                if list(self._models.values()) == models:
+                    self._batch_validator = validator
+        return validator
 
     def entry(self, name: str) -> RegisteredSpec:
         """The current spec of ``name`` with its revision.
@@ -123,9 +141,12 @@ class SpecCatalogue:
             if entry is None:
                 self._specs.pop(name, None)
                 self._compiled.pop(name, None)
+                self._models.pop(name, None)
             elif current is None or entry.revision >= current.revision:
                 self._specs[name] = entry
                 self._compiled[name] = CompiledSpec(entry.spec)
+                self._models[name] = feature_event_model(entry.spec)
+            self._batch_validator = None
         metrics.DATASETS.set(len(self._specs))
 
     # -- following the topic ----------------------------------------------------------------------

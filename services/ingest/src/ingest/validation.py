@@ -20,7 +20,7 @@ Kind = Literal["features", "labels"]
 DataEvent = FeatureEventV1 | LabelEventV1
 
 
-class _StrictFeatureEvent(FeatureEventV1):
+class StrictFeatureEvent(FeatureEventV1):
     """The feature contract as ingest enforces it: unknown top-level fields are refused.
 
     Downstream readers stay tolerant (they ignore fields a newer producer adds); at the entry
@@ -30,19 +30,22 @@ class _StrictFeatureEvent(FeatureEventV1):
     model_config = ConfigDict(extra="forbid")
 
 
-class _StrictLabelEvent(LabelEventV1):
-    """The label contract as ingest enforces it (see :class:`_StrictFeatureEvent`)."""
+class StrictLabelEvent(LabelEventV1):
+    """The label contract as ingest enforces it (see :class:`StrictFeatureEvent`)."""
 
     model_config = ConfigDict(extra="forbid")
 
 
 _STRICT: dict[Kind, type[FeatureEventV1] | type[LabelEventV1]] = {
-    "features": _StrictFeatureEvent,
-    "labels": _StrictLabelEvent,
+    "features": StrictFeatureEvent,
+    "labels": StrictLabelEvent,
 }
 _MANY: dict[Kind, TypeAdapter[list[Any]]] = {kind: TypeAdapter(list[cls]) for kind, cls in _STRICT.items()}  # type: ignore[valid-type]
 _FIELDS: dict[Kind, str] = {kind: ", ".join(cls.model_fields) for kind, cls in _STRICT.items()}
 _LIST_LIMIT = 20
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Integers outside the signed 64-bit range have no faithful JSON reading in most consumers."""
+_INT_RANGE = "integer outside the signed 64-bit range; send large values as floats"
 
 
 class CompiledSpec:
@@ -131,7 +134,7 @@ def check_features(compiled: CompiledSpec, features: Mapping[str, Any]) -> list[
             continue
         # Inline fast path for the common case: an in-range number for a numeric feature.
         if (
-            feature.type == "numeric" and value.__class__ in (int, float) and -math.inf < value < math.inf
+            feature.type == "numeric" and value.__class__ in (int, float) and INT64_MIN <= value <= INT64_MAX
             and (feature.min is None or value >= feature.min) and (feature.max is None or value <= feature.max)
         ):
             continue
@@ -153,6 +156,8 @@ def _check_value(feature: FeatureSpec, value: Any) -> str | None:
             return f"expected a number, got the string {_short(value)}"
         if not math.isfinite(value):  # the contract refuses these already; kept for direct callers
             return "NaN and infinities are not allowed"
+        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+            return _INT_RANGE
         if feature.min is not None and value < feature.min:
             return f"{value} is below the minimum {feature.min}"
         if feature.max is not None and value > feature.max:
@@ -170,6 +175,8 @@ def check_label(spec: LabelSpec, label: Any) -> list[str]:
     if spec.type == "regression":
         if isinstance(label, bool) or not isinstance(label, int | float):
             return [f"expected a numeric regression target, got {_json_type(label)} {_short(label)}"]
+        if isinstance(label, int) and not INT64_MIN <= label <= INT64_MAX:
+            return [_INT_RANGE]
         if spec.min is not None and label < spec.min:
             return [f"{label} is below the minimum {spec.min}"]
         if spec.max is not None and label > spec.max:

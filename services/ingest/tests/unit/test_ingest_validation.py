@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import pytest
-from ingest.validation import CompiledSpec, check_label, validate_row
+from ingest.validation import CompiledSpec, check_features, check_label, validate_row
 from schemas.dataset import DatasetSpec, FeatureSpec, LabelSpec
 from schemas.deadletter import Problem
 from schemas.ingest import FeatureEventV1, LabelEventV1
@@ -137,7 +137,21 @@ def test_labels() -> None:
         (LabelSpec(type="regression", min=0), -1, False),
         (LabelSpec(type="regression"), True, False),
         (LabelSpec(type="regression"), "3", False),
+        (LabelSpec(type="regression"), 2**63 - 1, True),
+        (LabelSpec(type="regression"), 2**63, False),
     ],
 )
 def test_label_rules(spec: LabelSpec, label: Any, ok: bool) -> None:
     assert (check_label(spec, label) == []) is ok
+
+
+@pytest.mark.parametrize(("value", "ok"), [(2**63 - 1, True), (-(2**63), True), (2**63, False), (-(2**63) - 1, False),
+                                           (10**30, False), (1e30, True)])
+def test_integers_must_fit_in_64_bits(value: Any, ok: bool) -> None:
+    """Larger integers would be refused by the envelope encoder (a server error) or misread downstream."""
+    spec = CompiledSpec(DatasetSpec(name="wide", features=[FeatureSpec(name="x", type="numeric")],
+                                    label=LabelSpec(type="binary")))
+    found = check_features(spec, {"x": value})
+    assert (found == []) is ok, found
+    if not ok:
+        assert found == [("features.x", "integer outside the signed 64-bit range; send large values as floats")]
