@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from schemas.envelope import Envelope, event_class, event_types
-from tributary_kit.codec import PoisonMessage, decode, decode_any, encode
+from schemas.ingest import FeatureEventV1
+from tributary_kit.codec import PoisonMessage, decode, decode_any, encode, encode_event, encode_events
 
 GOLDEN = Path(__file__).resolve().parents[2] / "schemas" / "tests" / "golden"
 
@@ -53,3 +55,17 @@ def test_decode_refuses_garbage_wrong_types_and_tombstones() -> None:
         decode_any(b"{not json")
     with pytest.raises(PoisonMessage, match=r"unknown event type 'x\.y\.v1'"):
         decode_any(json.dumps({**json.loads(golden), "event_type": "x.y.v1"}).encode())
+
+
+def test_encode_events_gives_the_same_bytes_as_encode_event_per_event() -> None:
+    now = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+    events = [
+        FeatureEventV1(event_id=f"e-{i}", dataset="credit", entity_id=f"c-{i}", event_time=now,
+                       features={"income": i * 1.5, "segment": "a", "n": i, "gone": None}, label=i % 2)
+        for i in range(5)
+    ]
+    batch = encode_events(events, source="ingest", occurred_at=now, traceparent="00-ab-cd-01",
+                          event_type="features")
+    assert batch == [encode_event(e, event_id=e.event_id, source="ingest", occurred_at=now,
+                                  traceparent="00-ab-cd-01", event_type="features") for e in events]
+    assert encode_events([], source="ingest", occurred_at=now) == []

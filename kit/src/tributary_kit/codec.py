@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -43,6 +44,22 @@ def encode_event(payload: Event, *, event_id: str, source: str, occurred_at: dat
         },
         default=_nested,
     )
+
+
+def encode_events(payloads: Sequence[Event], *, source: str, occurred_at: datetime,
+                  traceparent: str | None = None, event_type: str | None = None) -> list[bytes]:
+    """The wire forms of envelopes around ``payloads`` (data events: each carries its ``event_id``).
+
+    :func:`encode_event` for a batch of events of one type that share source, time and trace:
+    the same bytes, without a call per event.
+    """
+    dumps = orjson.dumps
+    kind = event_type or (payloads[0].EVENT_TYPE if payloads else "")
+    return [
+        dumps({"event_id": p.event_id, "event_type": kind, "occurred_at": occurred_at,  # type: ignore[attr-defined]
+               "source": source, "traceparent": traceparent, "payload": p.__dict__}, default=_nested)
+        for p in payloads
+    ]
 
 
 def _nested(value: Any) -> Any:

@@ -29,6 +29,7 @@ CONSUMER_LAG = Gauge(
     "tributary_consumer_lag",
     "Records of a partition not yet committed by a consumer group (end offset minus committed offset).",
     ["group", "topic", "partition"],
+    multiprocess_mode="livemax",  # several worker processes of one service report the same lag
 )
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -47,13 +47,16 @@ class ProducerQueueFull(ProducerError):
         self.results = results
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One record to send."""
+class Record(NamedTuple):
+    """One record to send (a tuple: hot paths may pass plain ``(topic, value, key)`` tuples)."""
 
     topic: str
     value: bytes
     key: bytes | str | None = None
+
+
+RecordTuple = tuple[str, bytes, bytes | str | None]
+"""What :meth:`AsyncProducer.send_batch` takes per record: a :class:`Record` or a plain tuple."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +172,7 @@ class AsyncProducer:
         sent = await self.send_batch(records)
         return [sent.delivery(i) for i in range(sent.sent)]
 
-    async def send_batch(self, records: Sequence[Record]) -> Sent:
+    async def send_batch(self, records: Sequence[RecordTuple]) -> Sent:
         """Send ``records`` in order and wait until the broker answered for every one.
 
         The batch form of :meth:`send_many` for hot paths: one small object per batch instead
@@ -185,11 +188,11 @@ class AsyncProducer:
         report = sent.on_delivery
         enqueued = 0
         full = False
-        for index, record in enumerate(records):
+        for index, (topic, value, key) in enumerate(records):
             deadline: float | None = None
             while True:
                 try:
-                    produce(record.topic, record.value, record.key, on_delivery=partial(report, index))
+                    produce(topic, value, key, on_delivery=partial(report, index))
                     enqueued += 1
                     break
                 except BufferError:

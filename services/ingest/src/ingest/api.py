@@ -14,12 +14,12 @@ from typing import Any
 from confluent_kafka import KafkaException
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from schemas.dataset import DatasetSpec
 
 from ingest import metrics
-from ingest.bodies import TooLarge, decode_batch, decode_single, read_limited
+from ingest.bodies import Checked, TooLarge, decode_batch, decode_single, read_limited
 from ingest.deps import CatalogueDep, ProducerDep, ServiceDep, SettingsDep
 from ingest.errors import (
     BadRequest,
@@ -32,7 +32,7 @@ from ingest.errors import (
     UnknownDataset,
     UnsupportedMediaType,
 )
-from ingest.service import TOPICS, IngestResult, IngestService, Row
+from ingest.service import TOPICS, IngestResult, IngestService
 from ingest.settings import Settings
 from ingest.specs import RegisteredSpec
 from ingest.validation import Kind
@@ -137,17 +137,21 @@ async def _events(request: Request, kind: Kind, *, batch: bool, service: IngestS
         try:
             body = await read_limited(request.stream(), limit=limit, declared=request.headers.get("content-length"))
             content_type = request.headers.get("content-type")
-            rows: list[Row] = (decode_batch(body, content_type, kind, max_events=settings.max_batch_events,
-                                            compiled=service.batch_validator())
-                               if batch else [decode_single(body, content_type, kind)])
+            rows = (decode_batch(body, content_type, kind, max_events=settings.max_batch_events,
+                                 compiled=service.batch_validator())
+                    if batch else [decode_single(body, content_type, kind)])
         except TooLarge as exc:
             await service.refuse(kind, exc.prefix, reason=str(exc), size=exc.size)
             raise
         except BadRequest as exc:
             await service.refuse(kind, body, reason=str(exc))
             raise
-        metrics.BATCH_EVENTS.observe(len(rows))
-        result = await service.ingest(kind, rows, origin="http")
+        if isinstance(rows, Checked):
+            metrics.BATCH_EVENTS.observe(len(rows.events))
+            result = await service.publish_checked(kind, rows.events, origin="http")
+        else:
+            metrics.BATCH_EVENTS.observe(len(rows))
+            result = await service.ingest(kind, rows, origin="http")
         if result.problems:
             raise Rejected(
                 f"{result.rejected_rows} of {result.total} events were refused and written to "
@@ -160,6 +164,7 @@ async def _events(request: Request, kind: Kind, *, batch: bool, service: IngestS
         code = status_of(exc)
         raise
     finally:
+        metrics.PRODUCER_QUEUE.set(service.queue_length())
         metrics.REQUESTS.labels(endpoint, str(code)).inc()
         metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
 
@@ -257,5 +262,5 @@ async def readyz(catalogue: CatalogueDep, producer: ProducerDep, settings: Setti
 async def metrics_endpoint(producer: ProducerDep) -> Response:
     """Prometheus metrics."""
     metrics.PRODUCER_QUEUE.set(producer.queue_length())
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,9 +19,10 @@ from schemas.ingest import FeatureEventV1, LabelEventV1
 from schemas.topics import CATALOGUE, FEATURES_RAW, LABELS_RAW
 from tributary_kit.admin import ensure_topics
 from tributary_kit.lag import reporting_lag
+from tributary_kit.logs import configure_logging
 from tributary_kit.telemetry import build_tracer_provider
 
-from ingest import __version__, api
+from ingest import __version__, api, metrics
 from ingest.consumer import RawValidator
 from ingest.errors import IngestError
 from ingest.kafka import build_producer, build_raw_consumer
@@ -29,6 +31,13 @@ from ingest.settings import Settings
 from ingest.specs import SpecCatalogue
 
 log = logging.getLogger(__name__)
+
+
+def create_app_from_env() -> FastAPI:
+    """The app with settings from the environment: what each worker process of ``INGEST_WORKERS`` runs."""
+    settings = Settings()
+    configure_logging("ingest", settings.log_level, json_lines=settings.log_json)
+    return create_app(settings)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -69,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
             catalogue.close()
             await asyncio.to_thread(producer.close, settings.delivery_timeout_s)
             provider.shutdown()
+            metrics.worker_exited(os.getpid())
 
     app = FastAPI(title="Tributary ingest", version=__version__, lifespan=lifespan,
                   description="Validates feature and label events against dataset specs and publishes "

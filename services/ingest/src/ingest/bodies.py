@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ import orjson
 from ingest.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ingest.service import Row
 from ingest.spec_models import BatchValidator
-from ingest.validation import Kind, parse_many_json, parse_one_json
+from ingest.validation import Kind, StrictFeatureEvent, parse_many_json, parse_one_json
 
 JSON_TYPES = {"application/json"}
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
@@ -87,13 +88,20 @@ def decode_single(body: bytes, content_type: str | None, kind: Kind) -> Row:
     return Row(value=value, text=body)
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A whole batch the compiled validator took: every event meets its dataset's spec."""
+
+    events: list[StrictFeatureEvent]
+
+
 def decode_batch(body: bytes, content_type: str | None, kind: Kind, *, max_events: int,
-                 compiled: BatchValidator | None = None) -> list[Row]:
+                 compiled: BatchValidator | None = None) -> list[Row] | Checked:
     """The rows of a batch: a JSON array (application/json) or one event per line (NDJSON).
 
-    ``compiled`` (feature batches) validates a JSON array against the dataset specs in one pass;
-    its rows are marked checked. Any failure there falls back to the row-by-row path, which
-    names every problem.
+    ``compiled`` (feature batches) validates a JSON array against the dataset specs in one pass
+    and answers :class:`Checked` when every event is valid. Any failure there falls back to the
+    row-by-row path, which names every problem.
 
     Raises:
         UnsupportedMediaType: neither JSON nor NDJSON.
@@ -109,7 +117,7 @@ def decode_batch(body: bytes, content_type: str | None, kind: Kind, *, max_event
                 raise PayloadTooLarge(f"batch of {len(checked)} events is over the limit of {max_events}; split it")
             if not checked:
                 raise BadRequest("the batch is empty", code="empty_batch")
-            return [Row(event=e, checked=True) for e in checked]
+            return Checked(checked)
         events = parse_many_json(body, kind)
         if events is not None:
             if len(events) > max_events:

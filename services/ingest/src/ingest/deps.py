@@ -1,4 +1,8 @@
-"""Request-scoped access to what the lifespan built."""
+"""Request-scoped access to what the lifespan built.
+
+The getters are coroutines on purpose: FastAPI runs plain-function dependencies in a thread
+pool, a thread hand-off per request for what is an attribute lookup.
+"""
 
 from __future__ import annotations
 
@@ -12,25 +16,25 @@ from ingest.settings import Settings
 from ingest.specs import SpecCatalogue
 
 
-def get_service(request: Request) -> IngestService:
+async def get_service(request: Request) -> IngestService:
     """The ingest core."""
     service: IngestService = request.app.state.service
     return service
 
 
-def get_catalogue(request: Request) -> SpecCatalogue:
+async def get_catalogue(request: Request) -> SpecCatalogue:
     """The dataset spec catalogue."""
     catalogue: SpecCatalogue = request.app.state.catalogue
     return catalogue
 
 
-def get_producer(request: Request) -> AsyncProducer:
+async def get_producer(request: Request) -> AsyncProducer:
     """The process's Kafka producer."""
     producer: AsyncProducer = request.app.state.producer
     return producer
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The settings the app was built with."""
     settings: Settings = request.app.state.settings
     return settings

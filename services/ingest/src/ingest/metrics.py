@@ -1,8 +1,15 @@
-"""Prometheus metrics of the ingest service, defined once per process."""
+"""Prometheus metrics of the ingest service, defined once per process.
+
+With several worker processes (``INGEST_WORKERS``) every worker writes its samples to
+``PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` answers for all of them: counters and histograms
+add up, gauges say per metric how they combine (``multiprocess_mode``).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 EVENTS = Counter(
     "ingest_events_total",
@@ -26,11 +33,27 @@ BATCH_EVENTS = Histogram(
     "ingest_batch_events", "Events per batch request.", buckets=(1, 10, 50, 100, 500, 1000, 5000, 10000)
 )
 SHED = Counter("ingest_shed_total", "Requests answered 429 because the producer queue was full.")
-PRODUCER_QUEUE = Gauge("ingest_producer_queue", "Records in the producer queue or in flight.")
-DATASETS = Gauge("ingest_datasets", "Dataset specs known to this replica.")
+PRODUCER_QUEUE = Gauge("ingest_producer_queue", "Records in the producer queue or in flight.",
+                       multiprocess_mode="livesum")
+DATASETS = Gauge("ingest_datasets", "Dataset specs known to this replica.", multiprocess_mode="livemax")
 SPEC_RECORDS_UNREADABLE = Counter(
     "ingest_spec_records_unreadable_total", "Records on the spec topic that could not be read."
 )
 RAW_ROUNDS = Counter(
     "ingest_raw_rounds_total", "Rounds of the raw-topic validator, by outcome (committed|retried).", ["outcome"]
 )
+
+
+def exposition() -> bytes:
+    """The text exposition of this process's metrics, or of every worker's in multiprocess mode."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def worker_exited(pid: int) -> None:
+    """Drop the live gauges of a worker that stopped (multiprocess mode only)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -18,9 +18,9 @@ from typing import Any, Literal
 from opentelemetry import trace
 from schemas.deadletter import Problem
 from schemas.topics import FEATURES, LABELS, dlq
-from tributary_kit.codec import encode, encode_event
+from tributary_kit.codec import encode, encode_event, encode_events
 from tributary_kit.deadletter import dead_letter
-from tributary_kit.producer import AsyncProducer, ProducerQueueFull, Record, Sent
+from tributary_kit.producer import AsyncProducer, ProducerQueueFull, Record, RecordTuple, Sent
 from tributary_kit.telemetry import current_traceparent
 
 from ingest import metrics
@@ -40,8 +40,7 @@ class Row:
 
     ``event`` is set instead of ``value`` when the row was already parsed against the contract.
     ``text`` is the original text, kept for dead letters (None: re-serialise ``value``).
-    ``partition``/``offset``/``key`` say where a raw Kafka record came from. ``checked`` says
-    ``event`` was already validated against its dataset's spec (the compiled batch path).
+    ``partition``/``offset``/``key`` say where a raw Kafka record came from.
     """
 
     value: Any = None
@@ -51,7 +50,6 @@ class Row:
     partition: int | None = None
     offset: int | None = None
     key: str | None = None
-    checked: bool = False
 
     def original(self) -> str | bytes:
         """The row as it arrived, as closely as it can be reproduced."""
@@ -115,9 +113,35 @@ class IngestService:
         self._tracer = tracer
         self._source = source
 
+    def queue_length(self) -> int:
+        """Records in the producer's queue or in flight to the broker."""
+        return self._producer.queue_length()
+
     def batch_validator(self) -> BatchValidator | None:
         """The compiled validator of JSON feature batches, when the service has one."""
         return self._compiled() if self._compiled is not None else None
+
+    async def publish_checked(self, kind: Kind, events: Sequence[DataEvent], *, origin: Origin) -> IngestResult:
+        """Publish ``events`` that were already validated against their datasets' specs.
+
+        The path of batches the compiled validator took whole (see :mod:`ingest.spec_models`):
+        no per-row checks, one envelope encoding pass, one producer batch.
+
+        Raises:
+            Overloaded: the producer queue stayed full; ``accepted`` lists what was published.
+            BrokerUnavailable: the broker did not acknowledge some records.
+        """
+        topic = TOPICS[kind]
+        result = IngestResult(total=len(events))
+        with self._tracer.start_as_current_span(
+            "ingest.batch", attributes={"ingest.kind": kind, "ingest.origin": origin, "ingest.rows": len(events)}
+        ):
+            values = encode_events(events, source=self._source, occurred_at=datetime.now(UTC),
+                                   traceparent=current_traceparent(), event_type=topic)
+            records = [(topic, value, event.entity_id) for value, event in zip(values, events, strict=True)]
+            await self._publish(records, [e.event_id for e in events], result, kind=kind, origin=origin,
+                                dlq_topic=dlq(topic))
+        return result
 
     async def ingest(self, kind: Kind, rows: Sequence[Row], *, origin: Origin,
                      source_topic: str | None = None) -> IngestResult:
@@ -152,7 +176,7 @@ class IngestService:
                 if row.error is not None:
                     outcome = [Problem(row=index, field="", message=row.error)]
                 elif row.event is not None:
-                    outcome = row.event if row.checked else check_event(row.event, self._specs, row=index)
+                    outcome = check_event(row.event, self._specs, row=index)
                 else:
                     outcome = validate_row(row.value, kind, self._specs, row=index)
                 if isinstance(outcome, list):
@@ -193,7 +217,7 @@ class IngestService:
         metrics.DEAD_LETTERS.labels(dlq(topic)).inc()
         return True
 
-    async def _publish(self, records: list[Record], event_ids: list[str | None], result: IngestResult, *,
+    async def _publish(self, records: Sequence[RecordTuple], event_ids: list[str | None], result: IngestResult, *,
                        kind: Kind, origin: Origin, dlq_topic: str) -> None:
         try:
             sent = await self._producer.send_batch(records)

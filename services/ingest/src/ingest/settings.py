@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     otlp_endpoint: str | None = None
     """OTLP/HTTP traces endpoint (e.g. http://127.0.0.1:4318/v1/traces); no export when unset."""
 
+    workers: int = Field(default=1, ge=1, le=64)
+    """HTTP worker processes, each with its own producer and share of the raw topics; up to one per
+    core. Above 1, metrics are collected across workers (``PROMETHEUS_MULTIPROC_DIR``, a fresh
+    temporary directory when unset)."""
+
     host: str = "127.0.0.1"
     """Address the HTTP server binds."""
 
