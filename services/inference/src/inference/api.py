@@ -166,8 +166,9 @@ def _parse_infer(body: bytes, header_length: str | None) -> tuple[dict[str, Any]
     return doc, inputs, wanted or None, binary_of, binary_default
 
 
-def _infer_response(result: InferResult, doc: dict[str, Any], binary_of: dict[str, bool],
-                    binary_default: bool) -> Response:
+def _answer(result: InferResult, doc: dict[str, Any], binary_of: dict[str, bool], binary_default: bool
+            ) -> tuple[bytes, str, int | None]:
+    """The v2 answer's body, its media type, and the JSON header's length when binary tensors follow."""
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for t in result.outputs:
@@ -183,11 +184,9 @@ def _infer_response(result: InferResult, doc: dict[str, Any], binary_of: dict[st
     if "id" in doc:
         answer["id"] = doc["id"]
     head = orjson.dumps(answer)
-    headers = _answer_headers(result)
     if chunks:
-        headers["Inference-Header-Content-Length"] = str(len(head))
-        return Response(b"".join([head, *chunks]), media_type="application/octet-stream", headers=headers)
-    return Response(head, media_type="application/json", headers=headers)
+        return b"".join([head, *chunks]), "application/octet-stream", len(head)
+    return head, "application/json", None
 
 
 def _answer_headers(result: InferResult) -> dict[str, str]:
@@ -195,17 +194,29 @@ def _answer_headers(result: InferResult) -> dict[str, str]:
             "X-Tributary-Backend": result.backend, "X-Request-Id": result.request_id}
 
 
-async def _infer(name: str, version: int | None, request: Request, service: ServiceDep) -> Response:
-    body = await request.body()
-    doc, inputs, wanted, binary_of, binary_default = _parse_infer(
-        body, request.headers.get("inference-header-content-length"))
+def _infer_request(name: str, version: int | None, body: bytes, header_length: str | None, entity_header: str | None,
+                   traceparent: str | None = None) -> tuple[InferRequest, dict[str, Any], dict[str, bool], bool]:
+    doc, inputs, wanted, binary_of, binary_default = _parse_infer(body, header_length)
     params = doc.get("parameters") if isinstance(doc.get("parameters"), dict) else {}
-    entity = request.headers.get(ENTITY_HEADER) or (params or {}).get("entity_id")
+    entity = entity_header or (params or {}).get("entity_id")
     request_id = str(doc["id"]) if isinstance(doc.get("id"), str) else ""
-    result = await service.infer(InferRequest(model=name, inputs=inputs, outputs=wanted,
-                                              entity=None if entity is None else str(entity), version=version,
-                                              request_id=request_id, protocol="rest"))
-    return _infer_response(result, doc, binary_of, binary_default)
+    request = InferRequest(model=name, inputs=inputs, outputs=wanted, entity=None if entity is None else str(entity),
+                           version=version, request_id=request_id, protocol="rest", traceparent=traceparent)
+    return request, doc, binary_of, binary_default
+
+
+async def _infer(name: str, version: int | None, request: Request, service: ServiceDep) -> Response:
+    # Normally answered by V2InferRoute before FastAPI; this route documents it and serves as fallback.
+    body = await request.body()
+    infer_request, doc, binary_of, binary_default = _infer_request(
+        name, version, body, request.headers.get("inference-header-content-length"),
+        request.headers.get(ENTITY_HEADER))
+    result = await service.infer(infer_request)
+    content, media_type, head_length = _answer(result, doc, binary_of, binary_default)
+    headers = _answer_headers(result)
+    if head_length is not None:
+        headers["Inference-Header-Content-Length"] = str(head_length)
+    return Response(content, media_type=media_type, headers=headers)
 
 
 @router.post("/v2/models/{name}/infer", tags=["v2"])

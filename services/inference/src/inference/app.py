@@ -28,7 +28,7 @@ from tributary_kit.admin import ensure_topics
 from tributary_kit.lag import reporting_lag
 from tributary_kit.telemetry import build_tracer_provider
 
-from inference import __version__, api
+from inference import __version__, api, infer_asgi
 from inference.aliases import AliasWriter, LocalAliases, RegistryAliases
 from inference.canary import CanaryAnalyzer, CanaryStats, LabelJoin, Policy
 from inference.consumer import RequestHandler
@@ -201,6 +201,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_invalid_request)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=provider,
                                        excluded_urls="healthz,readyz,metrics,v2/health/live,v2/health/ready")
+    infer_asgi.install(app)  # the v2 infer routes skip FastAPI's stack (see infer_asgi.py)
     return app
 
 

@@ -236,24 +236,30 @@ class PredictionPublisher:
 
     Events go through a bounded queue; when it is full the event is dropped and counted
     (``inference_prediction_events_total{outcome="dropped"}``) rather than slowing callers.
+    Events are encoded by the publishing task, not by the caller that offers them.
     """
 
     def __init__(self, producer: AsyncProducer, topic: str, *, queue_size: int, batch_size: int = 500) -> None:
         self._producer = producer
         self.topic = topic
-        self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[tuple[PredictionEventV1, str | None]] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._task: asyncio.Task[None] | None = None
+        self._dropped = metrics.PREDICTION_EVENTS.labels("dropped")
 
     def offer(self, event: PredictionEventV1) -> bool:
-        """Queue ``event``; False (and counted) when the queue is full."""
-        key = event.entity_id or event.request_id
+        """Queue ``event`` (with the current trace); False (and counted) when the queue is full."""
         try:
-            self._queue.put_nowait(Record(self.topic, event_bytes(event), key))
+            self._queue.put_nowait((event, current_traceparent()))
         except asyncio.QueueFull:
-            metrics.PREDICTION_EVENTS.labels("dropped").inc()
+            self._dropped.inc()
             return False
         return True
+
+    def _record(self, event: PredictionEventV1, traceparent: str | None) -> Record:
+        value = encode_event(event, event_id=str(uuid.uuid4()), source=SOURCE, occurred_at=event.served_at,
+                             traceparent=traceparent)
+        return Record(self.topic, value, event.entity_id or event.request_id)
 
     def start(self) -> None:
         """Start draining the queue."""
@@ -261,9 +267,10 @@ class PredictionPublisher:
 
     async def _drain(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._batch_size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            queued = [await self._queue.get()]
+            while len(queued) < self._batch_size and not self._queue.empty():
+                queued.append(self._queue.get_nowait())
+            batch = [self._record(event, traceparent) for event, traceparent in queued]
             try:
                 deliveries = await self._producer.send_many(batch)
                 ok = sum(1 for d in deliveries if d.ok)

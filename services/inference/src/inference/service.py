@@ -11,7 +11,9 @@ canary evidence, and queues a ``PredictionEventV1``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from opentelemetry import trace
 from schemas.inference import PredictionEventV1
+from tributary_kit.telemetry import context_from
 
 from inference import metrics
 from inference.canary import CanaryStats, LabelJoin
@@ -97,6 +100,8 @@ class InferRequest:
     dataset: str | None = None
     features: dict[str, Scalar] = field(default_factory=dict)
     protocol: str = "rest"
+    traceparent: str | None = None
+    """The caller's W3C trace context, continued by the ``inference.infer`` span."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +191,11 @@ class InferenceService:
         self._signatures: dict[tuple[str, int], Signature] = {}
         self._inflight = 0
         self._triton_down_until = 0.0
+        # Labelled metric children by label values: looking them up per request costs a lock each.
+        self._inflight_gauge = metrics.INFLIGHT
+        self._request_counters: dict[tuple[str, ...], Any] = {}
+        self._latency_histograms: dict[tuple[str, ...], Any] = {}
+        self._backend_histograms: dict[tuple[str, ...], Any] = {}
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -202,25 +212,27 @@ class InferenceService:
             metrics.SHED.labels("inflight").inc()
             raise Overloaded(f"{self._inflight} requests in flight (limit {self.max_inflight}); retry shortly")
         self._inflight += 1
-        metrics.INFLIGHT.set(self._inflight)
+        self._inflight_gauge.set(self._inflight)
         started = time.perf_counter()
         request_id = request.request_id or str(uuid.uuid4())
         version: int | None = None
         route_name: Route | None = None
         status = "500"
         try:
-            with self._tracer.start_as_current_span("inference.infer") as span:
+            parent = context_from(request.traceparent) if request.traceparent else None
+            with self._tracer.start_as_current_span("inference.infer", context=parent) as span:
                 route = self.rollout.route(request.model)
                 version, route_name = self._choose(route, request, request_id)
-                span.set_attribute("inference.model", request.model)
-                span.set_attribute("inference.version", version)
-                span.set_attribute("inference.route", route_name)
+                span.set_attributes({"inference.model": request.model, "inference.version": version,
+                                     "inference.route": route_name})
                 outputs, backend = await self._serve(request.model, version, request.inputs, request.outputs,
                                                      request_id)
-            latency_ms = (time.perf_counter() - started) * 1000
-            result = InferResult(request.model, version, route_name, outputs, request_id, backend, latency_ms)
-            self.stats.record(request.model, version, latency_ms=latency_ms, ok=True)
-            self._after(request, route, result)
+                latency_ms = (time.perf_counter() - started) * 1000
+                result = InferResult(request.model, version, route_name, outputs, request_id, backend, latency_ms)
+                self.stats.record(request.model, version, latency_ms=latency_ms, ok=True)
+                # Mirrors, comparison, the prediction event and the label join run once the caller
+                # has its answer (the next turn of the event loop), in this request's trace.
+                asyncio.get_running_loop().call_soon(self._after, request, route, result)
             status = "200"
             return result
         except InferenceError as exc:
@@ -231,11 +243,19 @@ class InferenceService:
             raise
         finally:
             self._inflight -= 1
-            metrics.INFLIGHT.set(self._inflight)
+            self._inflight_gauge.set(self._inflight)
             v, r = (str(version), route_name) if version is not None and route_name else ("none", "none")
-            metrics.REQUESTS.labels(request.protocol, request.model, v, r, status).inc()
+            key = (request.protocol, request.model, v, r, status)
+            counter = self._request_counters.get(key)
+            if counter is None:
+                counter = self._request_counters[key] = metrics.REQUESTS.labels(*key)
+            counter.inc()
             if status == "200":
-                metrics.LATENCY.labels(request.model, v, r).observe(time.perf_counter() - started)
+                lkey = (request.model, v, r)
+                histogram = self._latency_histograms.get(lkey)
+                if histogram is None:
+                    histogram = self._latency_histograms[lkey] = metrics.LATENCY.labels(*lkey)
+                histogram.observe(time.perf_counter() - started)
 
     def _choose(self, route: ModelRoute, request: InferRequest, request_id: str) -> tuple[int, Route]:
         if request.version is not None:
@@ -302,7 +322,11 @@ class InferenceService:
             metrics.SHED.labels("backend_queue").inc()
             raise
         finally:
-            metrics.BACKEND_SECONDS.labels(backend.name, model, str(version)).observe(time.perf_counter() - started)
+            key = (backend.name, model, str(version))
+            histogram = self._backend_histograms.get(key)
+            if histogram is None:
+                histogram = self._backend_histograms[key] = metrics.BACKEND_SECONDS.labels(*key)
+            histogram.observe(time.perf_counter() - started)
 
     def _triton_down(self) -> bool:
         return self._clock() < self._triton_down_until
@@ -494,5 +518,8 @@ def _event(*, model: str, version: int, route: Literal["champion", "canary", "sh
         latency_ms=latency_ms, served_at=datetime.now(UTC))
 
 
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
 def _valid_id(text: str) -> bool:
-    return 0 < len(text) <= 128 and text[0].isalnum() and all(c.isalnum() or c in "._:-" for c in text)
+    return _ID.fullmatch(text) is not None

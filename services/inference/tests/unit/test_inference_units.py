@@ -21,7 +21,7 @@ from inference.tensors import Signature, Spec, Tensor, check_against, from_raw, 
 
 
 @pytest.mark.parametrize("module", ["inference.routing", "inference.canary", "inference.shadow",
-                                    "inference.service", "inference.contracts"])
+                                    "inference.service", "inference.contracts", "inference.infer_asgi"])
 def test_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
@@ -191,6 +191,7 @@ async def test_core_routes_publishes_and_falls_back() -> None:
     service, sink = _service(_Backend("triton"))
     result = await service.infer(InferRequest(model="m", inputs=X, entity="c-1"))
     assert (result.version, result.route, result.backend) == (1, "champion", "triton")
+    await asyncio.sleep(0)  # the event is queued in the loop turn after the answer
     assert sink.events[0].route == "champion" and sink.events[0].prediction == 1.0
     triton, onnx = _Backend("triton", down=True), _Backend("onnxruntime")
     service, _ = _service(triton, onnx)
@@ -259,6 +260,7 @@ async def test_predict_builds_tensors_from_the_registry_input_contract() -> None
     assert n1.array[0, 0] == np.float32(52000.5) and np.isnan(n1.array[0, 1]) and c1.array.tolist() == [[2]]
     assert n2.array.tolist() == [[1.0, 30.0]] and c2.array.tolist() == [[0]]  # unknown category: 0
     assert asked == ["/v1/models/m/versions/1"]  # read once per version
+    await asyncio.sleep(0)  # the event is queued in the loop turn after the answer
     assert sink.events[0].dataset == "credit" and sink.events[0].features["home"] == "own"
     with pytest.raises(InvalidInput, match="must be a finite number"):
         await service.predict(PredictRequest(model="m", entity="c-1", features={"income": "lots"}))
