@@ -121,6 +121,12 @@ def _site_packages(home: Path) -> Path:
     return found[0]
 
 
+ADMIN_HEADER = "triton-admin"
+"""Header carrying the secret of Triton's restricted APIs (the registry's ``REGISTRY_TRITON_ADMIN_HEADER``)."""
+RESTRICTED_APIS = "model-repository,shared-memory"
+"""Triton APIs only the registry may call: model control, and shared memory (nobody needs it)."""
+
+
 class TritonServer:
     """One ``tritonserver`` in explicit model-control mode on free loopback ports.
 
@@ -131,14 +137,20 @@ class TritonServer:
     """
 
     def __init__(self, repository: Path, work_dir: Path, *, http_port: int | None = None,
-                 grpc_port: int | None = None, metrics_port: int | None = None) -> None:
+                 grpc_port: int | None = None, metrics_port: int | None = None,
+                 admin_secret: str | None = None) -> None:
         self.repository = repository
+        self.admin_secret = admin_secret
         self.work_dir = work_dir
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.log_path = work_dir / "tritonserver.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def admin_headers(self) -> dict[str, str]:
+        """The header the restricted APIs need (empty when the server restricts nothing)."""
+        return {ADMIN_HEADER: self.admin_secret} if self.admin_secret else {}
 
     @property
     def http_url(self) -> str:
@@ -182,6 +194,10 @@ class TritonServer:
             "--grpc-address=127.0.0.1", "--exit-timeout-secs=5", "--log-verbose=0",
             f"--backend-config=python,shm-region-prefix-name=tributary{self.http_port}",
         ]
+        if self.admin_secret:
+            # As in production: model control and shared memory only for callers with the secret.
+            restricted = f"{RESTRICTED_APIS}:{ADMIN_HEADER}={self.admin_secret}"
+            command += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
         return command, env
 
     def start(self, timeout_s: float = 120.0) -> None:
@@ -203,7 +219,8 @@ class TritonServer:
     def load(self, model: str, timeout_s: float = 120.0) -> None:
         """Load (or reload) ``model`` with its current config; returns once Triton says it is ready."""
         request = urllib.request.Request(f"{self.http_url}/v2/repository/models/{model}/load", data=b"{}",
-                                         method="POST", headers={"content-type": "application/json"})
+                                         method="POST",
+                                         headers={"content-type": "application/json", **self.admin_headers()})
         try:
             with urllib.request.urlopen(request, timeout=timeout_s):
                 return

@@ -96,7 +96,9 @@ def create_app(settings: Settings) -> FastAPI:
         producer = AsyncProducer({"bootstrap.servers": settings.kafka_bootstrap, "client.id": "registry"})
         drainer = OutboxDrainer(store, producer, batch_size=settings.outbox_batch_size,
                                 poll_interval_s=settings.outbox_poll_interval_s)
-        triton = (TritonControl(settings.triton_url, timeout_s=settings.triton_timeout_s)
+        admin = settings.triton_admin_secret
+        triton = (TritonControl(settings.triton_url, timeout_s=settings.triton_timeout_s,
+                                headers={settings.triton_admin_header: admin.get_secret_value()} if admin else None)
                   if settings.triton_url else None)
         service = RegistryService(
             store=store,

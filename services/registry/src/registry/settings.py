@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from registry.db import normalise_url
@@ -56,6 +56,13 @@ class Settings(BaseSettings):
 
     triton_url: str | None = None
     """Triton's HTTP endpoint (``http://host:8000``); when set, alias moves load and unload models there."""
+
+    triton_admin_header: str = "triton-admin"
+    """Header carrying the secret of Triton's restricted model-repository API
+    (``--http-restricted-api=model-repository:<header>=<secret>``)."""
+
+    triton_admin_secret: SecretStr | None = None
+    """That secret; sent with every load and unload when set."""
 
     triton_timeout_s: float = Field(default=120.0, gt=0)
     """How long a Triton load or unload may take."""

@@ -188,13 +188,17 @@ class TritonControl:
         base_url: Triton's HTTP endpoint, for example ``http://triton:8000``.
         timeout_s: how long a load may take (Triton answers once the model is ready).
         client: an httpx client to use instead of a new one (tests; connection reuse).
+        headers: sent with every call; Triton's restricted model-repository API needs its secret
+            header (``--http-restricted-api=model-repository:<header>=<secret>``).
 
     """
 
-    def __init__(self, base_url: str, *, timeout_s: float = 120.0, client: httpx.Client | None = None) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float = 120.0, client: httpx.Client | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._client = client or httpx.Client(timeout=timeout_s)
         self._owns_client = client is None
+        self._headers = headers or {}
 
     def load(self, model: str) -> None:
         """Load (or reload) ``model`` with its current ``config.pbtxt``.
@@ -217,11 +221,15 @@ class TritonControl:
 
     def _post(self, path: str, body: dict[str, object]) -> None:
         try:
-            response = self._client.post(self.base_url + path, json=body)
+            response = self._client.post(self.base_url + path, json=body, headers=self._headers)
         except httpx.HTTPError as exc:
             raise TritonError(f"Triton at {self.base_url} could not be reached ({exc}); is it running?") from exc
         if response.status_code != 200:
             detail = response.text[:500]
+            if response.status_code == 403 or "restricted" in detail.lower():
+                raise TritonError(f"Triton refused POST {path}: its model-repository API is restricted and the "
+                                  "registry's REGISTRY_TRITON_ADMIN_HEADER/REGISTRY_TRITON_ADMIN_SECRET do not match "
+                                  f"Triton's --http-restricted-api (HTTP {response.status_code}: {detail})")
             raise TritonError(f"Triton refused POST {path}: HTTP {response.status_code} {detail}")
 
     def close(self) -> None:
