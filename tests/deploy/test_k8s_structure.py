@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 from fastapi.routing import APIRoute
@@ -188,3 +189,25 @@ def test_prometheus_scrapes_annotated_pods_and_loads_the_rules() -> None:
                for r in job["relabel_configs"])
     mounts = {m["mountPath"] for m in _container("prometheus")["volumeMounts"]}
     assert str(Path(config["rule_files"][0]).parent) in mounts
+
+
+K8S_VERSION = "1.31"
+"""The Kubernetes release the manifests are validated against (its OpenAPI schemas, strict)."""
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_every_manifest_is_valid_kubernetes(doc: dict[str, Any]) -> None:
+    """What ``kubectl apply --dry-run=server --validate=strict`` would check of each object's shape."""
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} is not valid for Kubernetes {K8S_VERSION}: "
+                    f"{'.'.join(str(p) for p in exc.path)}: {exc.message}")
+
+
+def test_the_validator_refuses_a_broken_manifest() -> None:
+    """The check above can fail: a misspelt field and a wrongly typed one are refused."""
+    deployment = next(d for d in DOCS if d["kind"] == "Deployment")
+    broken = {**deployment, "spec": {**deployment["spec"], "replicas": "two", "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
