@@ -2,13 +2,26 @@
 
 The monitor's durable state lives in a ``MutableMapping`` given to it (a Faust table in the
 stream, a dict in tests and replays), in small JSON entries so that each event changes only
-two keys: its ring slot ``ring/<dataset>/<seq mod window_size>`` and the head
-``head/<dataset>`` (counters, last offsets, policy). The in-memory counters are derived from
-those entries and rebuilt from them after a restart, so a restart in the middle of a window
-loses nothing. Records at or below the last offset applied for their partition are skipped,
-which makes redelivery after a crash harmless. A record whose event id is already in the ring
-(the same event published twice upstream: a producer resending after a crash or a 503) is
-skipped too, so each event counts once within the last ``window_size`` events.
+two keys: its ring slot and the head ``head/<dataset>`` (counters, last offsets, policy). The
+in-memory counters are derived from those entries and rebuilt from them after a restart, so a
+restart in the middle of a window loses nothing.
+
+Crash consistency: the table's changelog is written in order but asynchronously, so a process
+killed with ``kill -9`` comes back with *a prefix* of its writes: possibly the ring slot of an
+event without the head that counts it, or a window's entries without the head that closed it.
+The head is therefore the commit point and everything written before it is either harmless
+when the head is missing or ignored: a ring has one slot more than it must hold, so the slot an
+event takes is never one the last persisted head still needs, and every slot carries its
+sequence number so a restore takes only the slots the head covers; the reference is
+double-buffered by generation and the head names the generation it uses; a closed window's
+report is appended to the recent reports by id (idempotently). A record redelivered after the
+crash then finds the head it left: records at or below the last offset applied for their
+partition are skipped, anything later is applied again exactly as the first time. A record
+whose event id is already in the window (the same event published twice upstream: a producer
+resending after a crash or a 503) is skipped too, so each event counts once within the last
+``window_size`` events. Reports are counted as published only when the publisher says so
+(:meth:`DatasetMonitor.mark_published`); a window whose report was not acknowledged before a
+crash is found by :meth:`DatasetMonitor.unpublished` and published again with the same id.
 
 Windows are counted in feature events: the first window closes after ``window_size`` events,
 then one every ``window_step`` events over the last ``window_size`` (``step == size`` is a
@@ -125,6 +138,68 @@ class _Numeric:
         self.bins: WindowCounter | None = ref.bins.counter() if ref.bins else None
 
 
+class _Ring:
+    """A ring of values by sequence number in store keys, with one slot more than it must hold.
+
+    The value for sequence number ``i`` is written (tagged ``[i, value]``) to slot
+    ``i mod slots`` under ``<prefix>/<dataset>/<slots>/``. Holding ``capacity`` values in
+    ``capacity + 1`` slots means writing number ``hi`` overwrites ``hi - capacity - 1``, which no
+    head up to ``hi`` needs: a crash between the slot and the head that counts it leaves a state
+    the restore reads correctly. A ring restored from another layout (the slot count changed,
+    or the untagged ``capacity``-slot layout of earlier versions under ``legacy``) is rewritten
+    into the new keys before its first write; the head then names the new layout.
+    """
+
+    __slots__ = ("_legacy", "_obsolete", "capacity", "migrating", "name", "prefix", "slots", "store")
+
+    def __init__(self, store: MutableMapping[str, Any], name: str, dataset: str, capacity: int,
+                 saved_slots: int | None, *, legacy: str) -> None:
+        self.store = store
+        self.name = name
+        self.capacity = capacity
+        self.slots = capacity + 1
+        self.prefix = f"{name}/{dataset}/{self.slots}/"
+        self._legacy = (f"{legacy}/{dataset}/", capacity) if saved_slots is None else (
+            f"{name}/{dataset}/{saved_slots}/", saved_slots)
+        self.migrating = saved_slots != self.slots
+        self._obsolete: list[str] = []
+
+    def load(self, lo: int, hi: int) -> list[Any]:
+        """The values of sequence numbers ``lo .. hi-1`` (the last ``capacity`` at most) as persisted."""
+        prefix, slots = self._legacy if self.migrating else (self.prefix, self.slots)
+        tagged = prefix.startswith(f"{self.name}/")
+        held = slots - 1 if tagged else slots
+        values: list[Any] = []
+        for i in range(max(0, lo, hi - min(held, self.capacity)), hi):
+            raw = self.store.get(f"{prefix}{i % slots}")
+            if raw is None:
+                log.error("ring slot missing; the window goes on without it", extra={"ring": prefix, "seq": i})
+            elif not tagged:
+                values.append(raw)
+            elif raw[0] == i:
+                values.append(raw[1])
+            else:
+                log.error("ring slot holds another sequence number; the window goes on without it",
+                          extra={"ring": prefix, "seq": i, "found": raw[0]})
+        return values
+
+    def put(self, seq: int, value: Any, *, held: Iterable[tuple[int, Any]] = ()) -> None:
+        """Write the value of ``seq``; ``held`` (the values still in the window) first when migrating."""
+        if self.migrating:
+            for i, v in held:
+                self.store[f"{self.prefix}{i % self.slots}"] = [i, v]
+            prefix, slots = self._legacy
+            self._obsolete = [f"{prefix}{j}" for j in range(slots)]
+            self.migrating = False
+        self.store[f"{self.prefix}{seq % self.slots}"] = [seq, value]
+
+    def drop_obsolete(self) -> None:
+        """Delete the keys of the layout migrated from (after the head naming the new one is saved)."""
+        for key in self._obsolete:
+            self.store.pop(key, None)
+        self._obsolete = []
+
+
 class DatasetMonitor:
     """Windows, tests and policy of one dataset over a state mapping.
 
@@ -150,27 +225,42 @@ class DatasetMonitor:
         self.eseq: int = head.get("eseq", 0)
         self.e0: int = head.get("e0", 0)
         self.windows: int = head.get("windows", 0)
+        self.published: int = head.get("published", self.windows)
         self.last_offsets: dict[str, int] = dict(head.get("last", {}))
         self.flags: dict[str, bool] = dict(head.get("flags", {}))
         self.window_errors: list[float] = list(head.get("werr", [0.0, 0.0]))
         self.policy_state = PolicyState.from_dict(head.get("policy"))
-        saved_ref = store.get(f"ref/{dataset}")
-        self.reference = (parse_reference(saved_ref.get("stats"), model_name=saved_ref.get("model_name"),
-                                          version=saved_ref.get("version"), source=saved_ref.get("source", "registry"),
-                                          psi_bins=config.psi_bins)
-                          if saved_ref else parse_reference(None))
+        self.ref_gen: int = head.get("ref_gen", 0)
+        self.reference = self._load_reference(head)
         n = config.window_size
+        slots = head.get("slots", {}) if head else {}
+        fresh = not head     # no state yet: start in the current layout
+        self._ring = _Ring(store, "window", dataset, n, n + 1 if fresh else slots.get("window"), legacy="ring")
+        self._pring = _Ring(store, "preds", dataset, n, n + 1 if fresh else slots.get("preds"), legacy="pring")
+        self._erring = _Ring(store, "errors", dataset, config.error_memory,
+                             config.error_memory + 1 if fresh else slots.get("errors"), legacy="erring")
         self._events: deque[Observation] = deque(
-            Observation.from_json(store[f"ring/{dataset}/{i % n}"]) for i in range(max(0, self.seq - n), self.seq))
+            Observation.from_json(raw) for raw in self._ring.load(self.seq - n, self.seq))
         self._ids: Counter[str] = Counter(e.event_id for e in self._events if e.event_id is not None)
-        self._predictions: deque[FeatureValue] = deque(
-            (store[f"pring/{dataset}/{i % n}"] for i in range(max(0, self.pseq - n), self.pseq)), maxlen=n)
+        self._predictions: deque[FeatureValue] = deque(self._pring.load(self.pseq - n, self.pseq), maxlen=n)
         self._detectors = self._new_detectors()
-        start = max(self.e0, self.eseq - config.error_memory)
-        for i in range(start, self.eseq):
+        for error in self._erring.load(max(self.e0, self.eseq - config.error_memory), self.eseq):
             for d in self._detectors:
-                d.update(store[f"erring/{dataset}/{i % config.error_memory}"])
+                d.update(error)
         self._rebuild()
+
+    def _load_reference(self, head: dict[str, Any]) -> Reference:
+        """The reference of the head's generation (a newer one written before a crash is ignored)."""
+        saved = (self.store.get(f"ref/{self.dataset}/{self.ref_gen % 2}") if "ref_gen" in head
+                 else self.store.get(f"ref/{self.dataset}"))
+        if saved and "ref_gen" in head and saved.get("gen") != self.ref_gen:
+            log.error("reference slot holds another generation; no reference until the next one",
+                      extra={"dataset": self.dataset, "gen": self.ref_gen, "found": saved.get("gen")})
+            saved = None
+        if not saved:
+            return parse_reference(None)
+        return parse_reference(saved.get("stats"), model_name=saved.get("model_name"), version=saved.get("version"),
+                               source=saved.get("source", "registry"), psi_bins=self.config.psi_bins)
 
     # ---- inputs ---------------------------------------------------------------------------
 
@@ -188,7 +278,8 @@ class DatasetMonitor:
             self._save_head()   # the offset moved on: a redelivery of the duplicate is skipped too
             return None
         n = self.config.window_size
-        self.store[f"ring/{self.dataset}/{self.seq % n}"] = obs.to_json()
+        self._ring.put(self.seq, obs.to_json(),
+                       held=((self.seq - len(self._events) + k, e.to_json()) for k, e in enumerate(self._events)))
         self.seq += 1
         self._events.append(obs)
         self._added.append(obs)
@@ -211,14 +302,20 @@ class DatasetMonitor:
         """Count one champion prediction into the prediction window."""
         if value is None:
             return
-        self.store[f"pring/{self.dataset}/{self.pseq % self.config.window_size}"] = value
+        self._pring.put(self.pseq, value,
+                        held=((self.pseq - len(self._predictions) + k, p) for k, p in enumerate(self._predictions)))
         self.pseq += 1
         self._predictions.append(value)
         self._save_head()
 
     def observe_error(self, error: float) -> None:
         """Feed one joined prediction error (0/1 or absolute error) to the concept-drift detectors."""
-        self.store[f"erring/{self.dataset}/{self.eseq % self.config.error_memory}"] = error
+        if self._erring.migrating:
+            start = max(self.e0, self.eseq - self.config.error_memory)
+            held = list(zip(range(start, self.eseq), self._erring.load(start, self.eseq), strict=False))
+        else:
+            held = []
+        self._erring.put(self.eseq, error, held=held)
         self.eseq += 1
         self.window_errors = [self.window_errors[0] + error, self.window_errors[1] + 1]
         for d in self._detectors:
@@ -229,16 +326,23 @@ class DatasetMonitor:
 
     def set_reference(self, reference: Reference) -> None:
         """A new champion (or its statistics): rebuild the counters, reset the detectors, re-arm."""
+        self._set_reference(reference)
+        self._save_head()
+
+    def _set_reference(self, reference: Reference) -> None:
+        # The new generation goes to the other slot: until the head naming it is saved, a
+        # restore still finds the current one.
         self.reference = reference
-        self.store[f"ref/{self.dataset}"] = {"model_name": reference.model_name, "version": reference.version,
-                                             "source": reference.source, "stats": reference.raw}
+        self.ref_gen += 1
+        self.store[f"ref/{self.dataset}/{self.ref_gen % 2}"] = {
+            "gen": self.ref_gen, "model_name": reference.model_name, "version": reference.version,
+            "source": reference.source, "stats": reference.raw}
         self.e0 = self.eseq
         self._detectors = self._new_detectors()
         self.flags = {}
         self.window_errors = [0.0, 0.0]
         rearm(self.policy_state)
         self._rebuild()
-        self._save_head()
 
     def set_spec(self, spec: DatasetSpec) -> None:
         """A new dataset spec: types, bounds and required features change."""
@@ -253,12 +357,35 @@ class DatasetMonitor:
         n, step = self.config.window_size, self.config.window_step
         return self.seq if self.seq < n else (self.seq - n) % step
 
+    def unpublished(self) -> list[DriftReportV1]:
+        """Reports of closed windows not yet acknowledged as published (a crash came in between), oldest first."""
+        if self.published >= self.windows:
+            return []
+        wanted = {f"{self.dataset}-w{i}" for i in range(self.published, self.windows)}
+        kept = [DriftReportV1.model_validate(r) for r in self.store.get(f"reports/{self.dataset}") or []
+                if r["report_id"] in wanted]
+        if len(kept) < len(wanted):
+            log.error("reports of closed windows are no longer kept; they cannot be published again",
+                      extra={"dataset": self.dataset, "missing": len(wanted) - len(kept)})
+        return kept
+
+    def mark_published(self, windows: int) -> None:
+        """The reports of the first ``windows`` windows were acknowledged by the broker."""
+        if windows > self.published:
+            self.published = windows
+            self._save_head()
+
     def _save_head(self) -> None:
+        # Copies: a store that keeps the object (an in-memory dict, or a table before its
+        # changelog record is serialised) must not see later changes of the counters.
         self.store[self._head_key] = {
             "seq": self.seq, "pseq": self.pseq, "eseq": self.eseq, "e0": self.e0, "windows": self.windows,
-            "last": self.last_offsets, "flags": self.flags, "werr": self.window_errors,
-            "policy": self.policy_state.to_dict(),
+            "published": self.published, "last": dict(self.last_offsets), "flags": dict(self.flags),
+            "werr": list(self.window_errors), "policy": self.policy_state.to_dict(), "ref_gen": self.ref_gen,
+            "slots": {"window": self._ring.slots, "preds": self._pring.slots, "errors": self._erring.slots},
         }
+        for ring in (self._ring, self._pring, self._erring):
+            ring.drop_obsolete()
 
     def _new_detectors(self) -> list[Detector]:
         c = self.config
@@ -388,8 +515,9 @@ class DatasetMonitor:
             retrain_requested=decision.retrain,
             decision="; ".join([decision.reason, *notes]),
         )
-        kept = [*(self.store.get(f"reports/{self.dataset}") or []), report.model_dump(mode="json")]
-        self.store[f"reports/{self.dataset}"] = kept[-c.reports_kept:]
+        # By id: a window closed again after a crash (its head was lost) replaces its first report.
+        kept = [r for r in self.store.get(f"reports/{self.dataset}") or [] if r["report_id"] != report.report_id]
+        self.store[f"reports/{self.dataset}"] = [*kept, report.model_dump(mode="json")][-c.reports_kept:]
         return WindowOutcome(report, decision.retrain, index)
 
     def _bootstrap(self) -> None:
@@ -414,8 +542,9 @@ class DatasetMonitor:
                           else [float(p) for p in preds if not isinstance(p, str)])
         stats = stats_from_sample(numeric, categorical, counts=counts, prediction=prediction)
         model, version = self.reference.model_name, self.reference.version
-        self.set_reference(parse_reference(stats, model_name=model, version=version, source="bootstrap",
-                                           psi_bins=self.config.psi_bins))
+        # no head save here: the window's head (saved once it is closed) commits the reference with it
+        self._set_reference(parse_reference(stats, model_name=model, version=version, source="bootstrap",
+                                            psi_bins=self.config.psi_bins))
 
     def _distribution_rows(self) -> list[FeatureDrift]:
         c = self.config

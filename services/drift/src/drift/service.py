@@ -84,6 +84,12 @@ class DriftService:
             raw_spec = self.store.get(f"spec/{dataset}")
             spec = DatasetSpec.model_validate(raw_spec) if raw_spec else None
             found = self._monitors[dataset] = DatasetMonitor(dataset, self.config, self.store, spec=spec)
+            # Gauges are process state: a restarted service sets them again from the restored state.
+            episode = self.store.get(f"episode/{dataset}")
+            if episode:
+                metrics.EPISODE_STARTED.labels(dataset).set(float(episode["started"]))
+            if found.reference.usable and found.reference.version is not None:
+                metrics.REFERENCE_VERSION.labels(dataset).set(found.reference.version)
         return found
 
     # ---- registry and specs ---------------------------------------------------------------
@@ -166,13 +172,24 @@ class DriftService:
     # ---- data -----------------------------------------------------------------------------
 
     async def on_features(self, event: FeatureEventV1, at: RecordPosition) -> WindowOutcome | None:
-        """Count one feature event; publish the report (and command) of a window it closes."""
+        """Count one feature event; publish the report (and command) of a window it closes.
+
+        Reports of windows closed before a crash but never acknowledged by the broker are
+        published first (same ids), so a restart neither skips nor renumbers a window.
+        """
         monitor = self.monitor(event.dataset)
+        for pending in monitor.unpublished():
+            log.info("publishing a report again after a restart", extra={"report_id": pending.report_id})
+            await self._emit(monitor, pending, retrain=pending.retrain_requested)
         outcome = monitor.observe(Observation(dict(event.features), event.event_time, at.topic, at.partition,
                                               at.offset, event.event_id))
         if outcome is None:
             return None
-        report = outcome.report
+        await self._emit(monitor, outcome.report, retrain=outcome.retrain)
+        return outcome
+
+    async def _emit(self, monitor: DatasetMonitor, report: DriftReportV1, *, retrain: bool) -> None:
+        """Metrics, drift episode, the report and its retrain command; then count the report published."""
         for row in report.results:
             labels = (report.dataset, row.feature, row.test)
             metrics.STATISTIC.labels(*labels).set(row.statistic)
@@ -184,14 +201,14 @@ class DriftService:
         metrics.WINDOWS.labels(report.dataset, "drifted" if report.drifted else "clean").inc()
         self._start_episode(report)
         await self._publisher.report(report)
-        if outcome.retrain:
+        if retrain:
             if report.model_name is None:
                 log.warning("retrain wanted but no champion is known for the dataset",
                             extra={"dataset": report.dataset})
             else:
                 await self._publisher.command(self.command_for(report))
                 metrics.RETRAINS.labels(report.dataset, report.model_name).inc()
-        return outcome
+        monitor.mark_published(int(report.report_id.rsplit("-w", 1)[1]) + 1)
 
     def command_for(self, report: DriftReportV1, *, now: datetime | None = None) -> RetrainCommandV1:
         """The retrain command a drifted report asks for (its id is derived from the report's).

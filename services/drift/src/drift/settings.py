@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     state_dir: str = "var/drift"
     """Faust's data directory (the state itself lives in the changelog topic)."""
 
+    session_timeout_s: float = Field(default=60.0, ge=6, le=300)
+    """Kafka consumer-group session timeout: how long the group waits for a member that stopped
+    answering (a killed worker) before its partitions move; a restarted worker waits it out."""
+
     registry_url: str = "http://127.0.0.1:8082"
     """Model registry base URL (reference statistics of the champion)."""
 

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import faust
+from faust.types.tuples import FutureMessage
 from opentelemetry import trace
 from schemas.dataset import DatasetSpecRegisteredV1
 from schemas.drift import DriftReportV1
@@ -45,15 +46,46 @@ log = logging.getLogger(__name__)
 E = TypeVar("E", bound=Event)
 
 
-class FaustPublisher:
-    """Publishes reports and commands through the Faust app's producer; awaits the broker's ack."""
+class StateTable(faust.Table[Any, Any]):
+    """The service's state table; remembers its last changelog write.
 
-    def __init__(self, app: faust.App) -> None:
+    Its writes reach the changelog through the producer's buffer, asynchronously and in
+    order (one partition), so once the last write is acknowledged every earlier one is too.
+    """
+
+    last_write: FutureMessage | None = None
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any, key_serializer: Any = None,
+                       value_serializer: Any = None) -> FutureMessage:
+        """Send one change (faust calls this for every write) and remember it."""
+        fut: FutureMessage = super().send_changelog(partition, key, value, key_serializer, value_serializer)
+        self.last_write = fut
+        return fut
+
+    async def durable(self) -> None:
+        """Wait until every write made so far is in the changelog."""
+        if self.last_write is not None:
+            await self.last_write
+
+
+class FaustPublisher:
+    """Publishes reports and commands through the Faust app's producer; awaits the broker's ack.
+
+    A report is sent only once the state that closed its window is in the changelog: a report
+    that exists always has its window persisted, so a restart never computes a window a second
+    time (over redelivered records in another interleaving of partitions) under an id already
+    published. The other way round (state persisted, report lost) is the monitor's
+    ``unpublished`` reports, published again.
+    """
+
+    def __init__(self, app: faust.App, state: StateTable) -> None:
+        self._state = state
         self._reports = app.topic(topics.DRIFT_REPORTS, key_serializer="raw", value_serializer="raw")
         self._commands = app.topic(topics.RETRAIN_COMMANDS, key_serializer="raw", value_serializer="raw")
 
     async def report(self, report: DriftReportV1) -> None:
-        """Publish one report, keyed by dataset."""
+        """Publish one report, keyed by dataset, once the state that closed its window is durable."""
+        await self._state.durable()
         fut = await self._reports.send(key=report.dataset.encode(),
                                        value=encode_payload(report, event_id=report.report_id,
                                                             traceparent=current_traceparent()))
@@ -97,10 +129,13 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
     )
-    state = app.Table("state", default=None, partitions=1, use_partitioner=True,
-                      schema=faust.Schema(key_serializer="json", value_serializer="json"))
-    service = DriftService(settings.monitor_config(), state, references=registry, publisher=FaustPublisher(app),
+    state = StateTable(app, name="state", default=None, beacon=app.tables.beacon, partitions=1, use_partitioner=True,
+                       schema=faust.Schema(key_serializer="json", value_serializer="json"))
+    app.tables.add(state)
+    service = DriftService(settings.monitor_config(), state, references=registry, publisher=FaustPublisher(app, state),
                            retrain_window_s=settings.retrain_window_s,
                            recovery_objective_s=settings.recovery_objective_s)
     dlq_topics = {name: app.topic(topics.dlq(name), key_serializer="raw", value_serializer="raw")
