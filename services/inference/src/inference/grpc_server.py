@@ -4,13 +4,15 @@ The service is tritonclient's generated ``GRPCInferenceServiceServicer``.
 
 Only the generated protocol messages are imported from tritonclient here; calls to Triton
 itself go through :mod:`inference.triton`. The stickiness key is the ``entity_id`` request
-parameter or the ``x-tributary-entity`` metadata; the answer's initial metadata carries
-``x-tributary-model-version`` and ``x-tributary-route``.
+parameter or the ``x-tributary-entity`` metadata; the answer's trailing metadata carries
+``x-tributary-model-version``, ``x-tributary-route``, ``x-tributary-backend`` and ``x-request-id``,
+and its ``parameters`` the route and backend (``tributary_route``, ``tributary_backend``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import grpc
@@ -52,7 +54,7 @@ def _tensor(inp: Any, raw: bytes | None) -> Tensor:
     if field is None:
         raise InvalidInput(f"tensor {inp.name!r}: datatype {inp.datatype!r} needs raw_input_contents")
     values = list(getattr(inp.contents, field))
-    expected = int(np.prod(shape)) if shape else 1
+    expected = math.prod(shape)
     if len(values) != expected:
         raise InvalidInput(f"tensor {inp.name!r}: shape {shape} needs {expected} values, contents has {len(values)}")
     array = np.array(values, dtype=NUMPY[inp.datatype]).reshape(shape)
@@ -142,10 +144,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         except InferenceError as exc:
             await self._abort(context, exc)
             raise  # unreachable: abort raises
-        await context.send_initial_metadata((("x-tributary-model-version", str(result.version)),
-                                             ("x-tributary-route", result.route),
-                                             ("x-tributary-backend", result.backend)))
+        # Trailing metadata and response parameters travel with the answer; initial metadata
+        # would cost a separate round through gRPC's completion queue on every request.
+        context.set_trailing_metadata((("x-tributary-model-version", str(result.version)),
+                                       ("x-tributary-route", result.route),
+                                       ("x-tributary-backend", result.backend),
+                                       ("x-request-id", result.request_id)))
         response = pb.ModelInferResponse(model_name=result.model, model_version=str(result.version), id=request.id)
+        response.parameters["tributary_route"].string_param = result.route
+        response.parameters["tributary_backend"].string_param = result.backend
         for t in result.outputs:
             response.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
         response.raw_output_contents.extend(to_raw(t) for t in result.outputs)

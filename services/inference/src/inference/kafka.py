@@ -32,6 +32,7 @@ from tributary_kit.producer import AsyncProducer, ProducerError, Record
 from tributary_kit.telemetry import context_from, current_traceparent
 
 from inference import metrics
+from inference.ids import RequestIds
 from inference.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -246,18 +247,22 @@ class PredictionPublisher:
         self._batch_size = batch_size
         self._task: asyncio.Task[None] | None = None
         self._dropped = metrics.PREDICTION_EVENTS.labels("dropped")
+        self._ids = RequestIds()
 
     def offer(self, event: PredictionEventV1) -> bool:
         """Queue ``event`` (with the current trace); False (and counted) when the queue is full."""
+        ctx = trace.get_current_span().get_span_context()
+        traceparent = (f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}" if ctx.is_valid
+                       else None)
         try:
-            self._queue.put_nowait((event, current_traceparent()))
+            self._queue.put_nowait((event, traceparent))
         except asyncio.QueueFull:
             self._dropped.inc()
             return False
         return True
 
     def _record(self, event: PredictionEventV1, traceparent: str | None) -> Record:
-        value = encode_event(event, event_id=str(uuid.uuid4()), source=SOURCE, occurred_at=event.served_at,
+        value = encode_event(event, event_id=self._ids.next(), source=SOURCE, occurred_at=event.served_at,
                              traceparent=traceparent)
         return Record(self.topic, value, event.entity_id or event.request_id)
 

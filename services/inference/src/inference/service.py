@@ -40,6 +40,7 @@ from inference.errors import (
     http_status,
 )
 from inference.features import OnlineStore
+from inference.ids import RequestIds
 from inference.rollout import RolloutState
 from inference.routing import ModelRoute, Route, choose
 from inference.shadow import MirrorJob, ShadowMirror
@@ -191,6 +192,7 @@ class InferenceService:
         self._signatures: dict[tuple[str, int], Signature] = {}
         self._inflight = 0
         self._triton_down_until = 0.0
+        self._ids = RequestIds()
         # Labelled metric children by label values: looking them up per request costs a lock each.
         self._inflight_gauge = metrics.INFLIGHT
         self._request_counters: dict[tuple[str, ...], Any] = {}
@@ -214,7 +216,7 @@ class InferenceService:
         self._inflight += 1
         self._inflight_gauge.set(self._inflight)
         started = time.perf_counter()
-        request_id = request.request_id or str(uuid.uuid4())
+        request_id = request.request_id or self._ids.next()
         version: int | None = None
         route_name: Route | None = None
         status = "500"

@@ -7,6 +7,7 @@ naming the tensor and the problem.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ NUMPY: dict[str, Any] = {
 """numpy dtype of each v2 datatype."""
 
 _DATATYPE = {np.dtype(v): k for k, v in NUMPY.items() if k != "BYTES"}
+_WIRE = {k: np.dtype(v).newbyteorder("<") for k, v in NUMPY.items() if k != "BYTES"}
+"""Little-endian numpy dtype of each fixed-size v2 datatype (the binary extension's byte order)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +131,13 @@ def from_raw(name: str, datatype: Any, shape: Any, raw: bytes | memoryview) -> T
     if datatype not in NUMPY:
         raise InvalidInput(f"tensor {name!r}: unknown datatype {datatype!r}; use one of {', '.join(NUMPY)}")
     dims = check_shape(shape, name)
-    expected = int(np.prod(dims)) if dims else 1
+    expected = math.prod(dims)
     if datatype == "BYTES":
         items = _split_bytes(bytes(raw), name)
         if len(items) != expected:
             raise InvalidInput(f"tensor {name!r}: shape {dims} needs {expected} elements, got {len(items)}")
         return Tensor(name, datatype, np.array(items, dtype=np.object_).reshape(dims))
-    dtype = np.dtype(NUMPY[datatype]).newbyteorder("<")
+    dtype = _WIRE[datatype]
     if len(raw) != expected * dtype.itemsize:
         raise InvalidInput(f"tensor {name!r}: shape {dims} of {datatype} needs {expected * dtype.itemsize} bytes, "
                            f"got {len(raw)}")
@@ -164,7 +167,7 @@ def to_raw(tensor: Tensor) -> bytes:
             b = item if isinstance(item, bytes) else str(item).encode()
             parts.append(struct.pack("<I", len(b)) + b)
         return b"".join(parts)
-    return np.ascontiguousarray(tensor.array, dtype=np.dtype(NUMPY[tensor.datatype]).newbyteorder("<")).tobytes()
+    return np.ascontiguousarray(tensor.array, dtype=_WIRE[tensor.datatype]).tobytes()
 
 
 def to_list(tensor: Tensor) -> list[Any]:

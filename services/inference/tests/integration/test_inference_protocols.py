@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from services.inference.tests.integration.conftest import MODEL, Gateway, set_rollout, v2_body
@@ -49,8 +52,18 @@ def test_tritonclient_grpc_works_unchanged(gateway: Gateway) -> None:
         result = client.infer(MODEL, [inp], parameters={"entity_id": "c-1"})
         np.testing.assert_allclose(result.as_numpy("y"), reference(1, X), rtol=1e-5)
         assert result.get_response().model_version == "1"
+        params = result.get_response().parameters
+        assert (params["tributary_route"].string_param, params["tributary_backend"].string_param) == (
+            "champion", "triton")
     finally:
         client.close()
+    # The same names in the trailing metadata, for callers that read metadata.
+    with grpc.insecure_channel(gateway.grpc_url) as channel:
+        request = pb.ModelInferRequest(model_name=MODEL, raw_input_contents=[X.tobytes()])
+        request.inputs.add(name="x", datatype="FP32", shape=list(X.shape))
+        _, call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.with_call(request, timeout=10)
+        trailing = dict(call.trailing_metadata())
+    assert trailing["x-tributary-model-version"] == "1" and trailing["x-tributary-route"] == "champion"
 
 
 def test_answers_name_the_version_and_route(gateway: Gateway) -> None:

@@ -21,7 +21,8 @@ from inference.tensors import Signature, Spec, Tensor, check_against, from_raw, 
 
 
 @pytest.mark.parametrize("module", ["inference.routing", "inference.canary", "inference.shadow",
-                                    "inference.service", "inference.contracts", "inference.infer_asgi"])
+                                    "inference.service", "inference.contracts", "inference.infer_asgi",
+                                    "inference.ids"])
 def test_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
