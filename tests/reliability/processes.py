@@ -29,15 +29,18 @@ from deploy.localstack import ServiceProcess, free_port
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T | None], what: str, timeout_s: float = 60.0, every_s: float = 0.1) -> T:
-    """Poll ``check`` until it returns something truthy; fail the test naming ``what`` at the deadline."""
+def wait_for(check: Callable[[], T | None], what: str | Callable[[], str], timeout_s: float = 60.0,
+             every_s: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy; fail the test naming ``what`` at the deadline
+    (a callable ``what`` is asked at the deadline, so it can describe the state then)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}", pytrace=False)
+            said = what() if callable(what) else what
+            pytest.fail(f"timed out after {timeout_s}s waiting for {said}", pytrace=False)
         time.sleep(every_s)
 
 
@@ -186,6 +189,9 @@ class FeatureClient:
     with the *same* event ids until ingest acknowledges it (max ``retries``).
 
     ``acked`` is the ledger: ids ingest answered 200 for. ``attempts`` records every request.
+    With ``resend=False`` each batch is sent once whatever the answer (plan K3: only the producer's
+    own retries happen), and the ids a 429 or 503 lists as ``accepted_event_ids`` join the ledger:
+    ingest acknowledged them too.
     """
 
     url: str
@@ -196,6 +202,8 @@ class FeatureClient:
     retries: int = 200
     rate_per_s: float = 200.0
     """Offered load in events per second (the client paces its batches)."""
+    resend: bool = True
+    """Resend an unacknowledged batch (True) or move on to the next one (False)."""
     acked: list[str] = field(default_factory=list)
     attempts: list[Sent] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -224,6 +232,8 @@ class FeatureClient:
                         response = client.post(f"{self.url}/v1/events/batch", json=events)
                     except httpx.HTTPError as exc:
                         self.attempts.append(Sent(t0, time.monotonic() - t0, None, type(exc).__name__))
+                        if not self.resend:
+                            break
                         time.sleep(0.2)      # the client's backoff before resending the same ids
                         continue
                     self.attempts.append(Sent(t0, time.monotonic() - t0, response.status_code,
@@ -235,6 +245,10 @@ class FeatureClient:
                     if response.status_code not in (429, 503):
                         self.failures.append(f"{response.status_code}: {response.text[:300]}")
                         return
+                    if not self.resend:
+                        with self._lock:
+                            self.acked.extend(response.json().get("accepted_event_ids", []))
+                        break
                     time.sleep(min(float(response.headers.get("retry-after", "1")), 1.0))
                 else:
                     self.failures.append(f"batch at {start} never acknowledged")
