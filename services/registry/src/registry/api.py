@@ -12,6 +12,7 @@ from typing import Annotated, BinaryIO
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from schemas.signing import ArtifactSignature
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -123,7 +124,9 @@ async def register_version(
     """Register the next version of a model (trainer role).
 
     The body is ``multipart/form-data`` with two parts: ``metadata`` (JSON, see ``VersionSpec``)
-    and ``artifact`` (the ONNX file). The name and the token are checked before the body is read.
+    and ``artifact`` (the ONNX file), and optionally a third, ``signature`` (JSON, see
+    ``schemas.signing.ArtifactSignature``; required when the registry requires signatures).
+    The name and the token are checked before the body is read.
     """
     check_model_name(name)
     if Role.TRAINER not in actor.roles:
@@ -135,7 +138,7 @@ async def register_version(
     if declared.isdigit() and int(declared) > limit:
         raise ArtifactTooLarge(f"upload of {declared} bytes is over the limit of {settings.max_artifact_bytes} "
                                "bytes for the artifact; shrink the model or raise REGISTRY_MAX_ARTIFACT_BYTES")
-    parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=1,
+    parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=2,
                              max_part_size=settings.max_metadata_bytes)
     try:
         form = await parser.parse()
@@ -151,12 +154,26 @@ async def register_version(
             spec = VersionSpec.model_validate_json(metadata)
         except ValidationError as exc:
             raise InvalidRequest(f"metadata is not valid: {_summary(exc)}") from exc
+        signature = _signature(form.get("signature"))
         version = await run_in_threadpool(
-            service.register_version, name=name, spec=spec, artifact=read_chunks(artifact.file), actor=actor
+            service.register_version, name=name, spec=spec, artifact=read_chunks(artifact.file), actor=actor,
+            signature=signature,
         )
     finally:
         await form.close()
     return _public(version)
+
+
+def _signature(part: object) -> ArtifactSignature | None:
+    """The upload's ``signature`` part, validated; None when absent."""
+    if part is None:
+        return None
+    if not isinstance(part, str):
+        raise InvalidRequest("the 'signature' part must be JSON text, not a file")
+    try:
+        return ArtifactSignature.model_validate_json(part)
+    except ValidationError as exc:
+        raise InvalidRequest(f"signature is not valid: {_summary(exc)}") from exc
 
 
 @router.get("/models/{name}/versions/{version}")

@@ -31,6 +31,7 @@ from registry.migrations import upgrade_to_head
 from registry.outbox import OutboxDrainer
 from registry.service import EventTopics, Limits, RegistryService
 from registry.settings import Settings
+from registry.signing import SigningKeys
 from registry.storage import LocalArtifactStore
 from registry.triton_repo import TritonControl, TritonRepository
 from schemas import topics
@@ -46,6 +47,8 @@ STATUS: dict[type[errors.RegistryError], int] = {
     errors.Conflict: 409,
     errors.ArtifactTooLarge: 413,
     errors.InvalidModel: 422,
+    errors.SignatureRequired: 422,
+    errors.ArtifactSignatureInvalid: 422,
     errors.TritonError: 502,
     errors.StorageError: 503,
     errors.InsufficientStorage: 507,
@@ -111,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
                                          max_queue_delay_us=settings.triton_max_queue_delay_us),
             triton=triton,
             notify=drainer.waker(),
+            signing=SigningKeys.from_dir(settings.signing_keys_dir, required=settings.require_signature),
         )
         app.state.service = service
         app.state.producer = producer

@@ -104,6 +104,18 @@ class SignatureMismatch(InvalidModel):
     code = "signature_mismatch"
 
 
+class SignatureRequired(RegistryError):
+    """The upload carries no signature where the registry accepts only signed artifacts."""
+
+    code = "signature_required"
+
+
+class ArtifactSignatureInvalid(RegistryError):
+    """The upload's signature is from an unknown key, malformed, or does not verify."""
+
+    code = "signature_invalid"
+
+
 class StorageError(RegistryError):
     """The artifact store failed (disk full, permissions); the request can be retried."""
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
 
+from schemas.signing import ArtifactSignature
+
 from registry import metrics
 from registry.domain import (
     AliasChange,
@@ -43,6 +45,7 @@ from registry.errors import (
 )
 from registry.names import Alias, check_alias, check_model_name
 from registry.outbox import model_registered, rollout_changed
+from registry.signing import SigningKeys
 from registry.storage import ArtifactStore
 from registry.store import ModelStore
 from registry.triton_repo import TritonControl, TritonRepository
@@ -96,6 +99,8 @@ class RegistryService:
         triton: Triton's model control API, if a Triton is configured.
         notify: called after every commit that added outbox records (wakes the drainer).
         clock: the current time (tests pass a fixed one).
+        signing: trusted artifact-signing keys and whether uploads must be signed; None
+            accepts unsigned uploads and refuses signed ones (nothing to verify them with).
 
     """
 
@@ -110,8 +115,10 @@ class RegistryService:
         triton: TritonControl | None = None,
         notify: Callable[[], None] = _noop,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        signing: SigningKeys | None = None,
     ) -> None:
         self.store = store
+        self.signing = signing or SigningKeys({}, required=False)
         self.artifacts = artifacts
         self.limits = limits
         self.topics = topics
@@ -167,9 +174,13 @@ class RegistryService:
     # -- registration ---------------------------------------------------------------------------
 
     def register_version(
-        self, *, name: str, spec: VersionSpec, artifact: Iterable[bytes], actor: Principal
+        self, *, name: str, spec: VersionSpec, artifact: Iterable[bytes], actor: Principal,
+        signature: ArtifactSignature | None = None,
     ) -> ModelVersion:
         """Validate and store ``artifact`` as the next version of ``name`` (created when new).
+
+        ``signature`` is checked against the sha256 of the bytes as received and the model name
+        (see :mod:`registry.signing`) before anything is stored.
 
         Raises:
             PermissionDenied: ``actor`` is not a trainer.
@@ -177,6 +188,8 @@ class RegistryService:
             ArtifactTooLarge: the artifact is over the size limit.
             InvalidModel: the artifact fails validation (including its subclasses
                 OpsetNotAllowed and SignatureMismatch).
+            SignatureRequired, ArtifactSignatureInvalid: unsigned where signatures are
+                required, or a signature that does not verify.
 
         """
         self._require(actor, Role.TRAINER)
@@ -185,6 +198,13 @@ class RegistryService:
         try:
             if staged.size_bytes == 0:
                 raise InvalidModel("artifact is empty; upload the ONNX file's bytes")
+            try:
+                signer = self.signing.check(name, staged.sha256, signature)
+            except RegistryError as exc:
+                log.warning("artifact signature refused", extra={
+                    "model": name, "sha256": staged.sha256, "by": actor.name, "code": exc.code,
+                    "key_id": signature.key_id if signature else None, "reason": str(exc)})
+                raise
             validated = validate_model(staged.path, declared=spec.signature, min_opset=self.limits.min_opset,
                                        max_opset=self.limits.max_opset)
             self.artifacts.commit(staged)
@@ -204,7 +224,7 @@ class RegistryService:
         metrics.REGISTRATIONS.inc()
         self.notify()
         log.info("version registered", extra={"model": name, "version": version.version, "sha256": info.sha256,
-                                              "by": actor.name})
+                                              "by": actor.name, "signed_by": signer})
         self._sync_triton_quietly(name, reload=False)
         return version
 

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     triton_url: str | None = None
     """Triton's HTTP endpoint (``http://host:8000``); when set, alias moves load and unload models there."""
 
+    signing_keys_dir: Path | None = None
+    """Directory of trusted Ed25519 public keys (``<key id>.pub``, PEM) that may sign artifacts."""
+
+    require_signature: bool = False
+    """Accept only uploads signed with one of the trusted keys (422 otherwise)."""
+
     triton_admin_header: str = "triton-admin"
     """Header carrying the secret of Triton's restricted model-repository API
     (``--http-restricted-api=model-repository:<header>=<secret>``)."""

@@ -30,6 +30,7 @@ from trainer.registry_client import RegistryClient
 from trainer.schedule import run_schedule
 from trainer.service import TrainerService
 from trainer.settings import Settings
+from trainer.signing import ArtifactSigner
 from trainer.specs import load_spec
 from trainer.triton import TritonClient
 from trainer.window import WindowReader, recent_requests
@@ -39,8 +40,11 @@ log = logging.getLogger(__name__)
 
 def build_service(settings: Settings, ledger: Ledger) -> TrainerService:
     """The trainer core wired to Kafka, the registry and (when configured) Triton."""
+    signer = (ArtifactSigner.from_file(settings.signing_key, settings.signing_key_id)
+              if settings.signing_key is not None else None)
     registry = RegistryClient(settings.registry_url, trainer_token=settings.registry_token.get_secret_value(),
-                              operator_token=settings.operator_token(), timeout_s=settings.registry_timeout_s)
+                              operator_token=settings.operator_token(), timeout_s=settings.registry_timeout_s,
+                              signer=signer)
     triton = TritonClient(settings.triton_url, timeout_s=settings.triton_timeout_s) if settings.triton_url else None
     reader = WindowReader(settings.kafka_bootstrap, features_topic=settings.features_topic,
                           labels_topic=settings.labels_topic, timeout_s=settings.read_timeout_s)

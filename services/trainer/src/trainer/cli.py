@@ -5,6 +5,7 @@ Examples::
     tributary-trainer-cli retrain --model credit-default --dataset credit --start 2026-10-25T00:00:00Z --wait
     tributary-trainer-cli retrain --model credit-default --dataset credit --window-json window.json  # replay
     tributary-trainer-cli status cmd-0b6f...
+    tributary-trainer-cli keygen --key-id trainer-1 --dir /etc/tributary/keys  # artifact signing keys
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import TypeAdapter, ValidationError
+from schemas.signing import KeyId
+
+from trainer.signing import generate_key_pair
+
+KeyId_: TypeAdapter[str] = TypeAdapter(KeyId)
 
 
 def _print(body: Any) -> None:
@@ -43,7 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     retrain.add_argument("--timeout", type=float, default=3600.0, help="how long --wait waits (seconds)")
     status = commands.add_parser("status", help="the outcome of a command")
     status.add_argument("command_id")
+    keygen = commands.add_parser("keygen", help="make an Ed25519 key pair for signing artifacts")
+    keygen.add_argument("--key-id", required=True, help="the key's name (letters, digits, ._-)")
+    keygen.add_argument("--dir", type=Path, default=Path("."), help="where to write <key id>.key and .pub")
     args = parser.parse_args(argv)
+
+    if args.command == "keygen":
+        return _keygen(args.dir, args.key_id)
 
     with httpx.Client(base_url=args.url, timeout=30) as client:
         try:
@@ -89,3 +102,19 @@ def _status(client: httpx.Client, command_id: str) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _keygen(directory: Path, key_id: str) -> int:
+    try:
+        KeyId_.validate_python(key_id)
+    except ValidationError:
+        print(f"error: {key_id!r} is not a key id: letters, digits and ._- (64 at most)", file=sys.stderr)
+        return 2
+    try:
+        private, public = generate_key_pair(directory, key_id)
+    except (FileExistsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"private key: {private}  (the trainer's TRAINER_SIGNING_KEY; keep it secret)")
+    print(f"public key:  {public}  (copy into the registry's REGISTRY_SIGNING_KEYS_DIR)")
+    return 0

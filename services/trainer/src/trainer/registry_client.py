@@ -13,14 +13,16 @@ import httpx
 from tributary_kit.telemetry import current_traceparent
 
 from trainer.errors import RegistryRefused, RegistryUnavailable
+from trainer.signing import ArtifactSigner
 
 
 class RegistryClient:
     """A small synchronous client of the registry's ``/v1`` API."""
 
     def __init__(self, base_url: str, *, trainer_token: str, operator_token: str, timeout_s: float = 60.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, signer: ArtifactSigner | None = None) -> None:
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport)
+        self._signer = signer
         self._trainer = {"Authorization": f"Bearer {trainer_token}"}
         self._operator = {"Authorization": f"Bearer {operator_token}"}
 
@@ -68,9 +70,14 @@ class RegistryClient:
         return None
 
     def register(self, model: str, artifact: bytes, metadata: dict[str, Any]) -> dict[str, Any]:
-        """Register the next version of ``model``; the registry validates the ONNX against ``metadata``."""
-        response = self._call("POST", f"/v1/models/{model}/versions", headers=self._trainer,
-                              data={"metadata": json.dumps(metadata)},
+        """Register the next version of ``model``; the registry validates the ONNX against ``metadata``.
+
+        With a signer, the upload carries the artifact's signature (see :mod:`trainer.signing`).
+        """
+        data = {"metadata": json.dumps(metadata)}
+        if self._signer is not None:
+            data["signature"] = self._signer.sign(model, artifact).model_dump_json()
+        response = self._call("POST", f"/v1/models/{model}/versions", headers=self._trainer, data=data,
                               files={"artifact": ("model.onnx", artifact, "application/octet-stream")})
         assert response is not None
         version: dict[str, Any] = response.json()

@@ -6,6 +6,7 @@ Only ``__main__`` and the CLI read the environment (``Settings()``); tests build
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -101,6 +102,12 @@ class Settings(BaseSettings):
 
     registry_timeout_s: float = Field(default=60.0, gt=0)
     """Timeout of one registry request."""
+
+    signing_key: Path | None = None
+    """Ed25519 private key (PEM) that signs every uploaded artifact; unsigned uploads when unset."""
+
+    signing_key_id: str | None = None
+    """Name of that key as the registry knows it (its ``<key id>.pub``); default: the file's stem."""
 
     canary_weight: float = Field(default=0.1, gt=0, le=1)
     """Traffic share of the canary alias set on promotion."""
