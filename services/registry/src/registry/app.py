@@ -96,6 +96,11 @@ def create_app(settings: Settings) -> FastAPI:
             log.warning("removed uploads left by an interrupted process", extra={"files": swept})
         engine = make_engine(settings.db_url)
         store = SqlModelStore(engine)
+        orphans = await run_in_threadpool(artifacts.sweep_unreferenced, await run_in_threadpool(
+            store.referenced_artifacts), settings.stale_upload_s)
+        if orphans:
+            log.warning("removed stored artifacts no version refers to (left by an interrupted upload)",
+                        extra={"sha256": orphans})
         producer = AsyncProducer({"bootstrap.servers": settings.kafka_bootstrap, "client.id": "registry"})
         drainer = OutboxDrainer(store, producer, batch_size=settings.outbox_batch_size,
                                 poll_interval_s=settings.outbox_poll_interval_s)

@@ -363,6 +363,11 @@ class SqlModelStore:
             ).all()
             return [r.to_domain(name) for r in rows]
 
+    def referenced_artifacts(self) -> set[str]:
+        """See :meth:`registry.store.ModelStore.referenced_artifacts`."""
+        with self._session() as session:
+            return set(session.scalars(select(ModelVersionRow.sha256).distinct()).all())
+
     def get_version(self, name: str, version: int) -> ModelVersion:
         """See :meth:`registry.store.ModelStore.get_version`."""
         with self._session() as session:

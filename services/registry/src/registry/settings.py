@@ -34,10 +34,12 @@ class Settings(BaseSettings):
     """Root of the content-addressed artifact store; default ``<data_dir>/artifacts``."""
 
     stale_upload_s: float = Field(default=3600.0, ge=0)
-    """At start-up, staged uploads older than this (left by a killed process) are deleted.
+    """At start-up, staged uploads older than this (left by a killed process) are deleted, and so
+    are stored artifacts no version refers to (a process killed between storing the file and
+    committing its version).
 
-    Replicas may share the store, so a younger staged file may be another replica's upload in
-    progress and is kept."""
+    Replicas may share the store, so a younger file may be another replica's upload in progress
+    and is kept."""
 
     max_artifact_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     """Largest model file accepted, in bytes; larger uploads are refused with 413."""

@@ -82,6 +82,10 @@ class ArtifactStore(Protocol):
         """
         ...
 
+    def sweep_unreferenced(self, referenced: set[str], older_than_s: float) -> list[str]:
+        """Delete stored blobs not in ``referenced`` and untouched for ``older_than_s``; their digests."""
+        ...
+
 
 class LocalArtifactStore:
     """Artifacts on a local (or mounted) file system: ``<root>/sha256/<ab>/<abcdef...>``.
@@ -155,6 +159,9 @@ class LocalArtifactStore:
         final = self.path_of(staged.sha256)
         if final.exists():
             self.discard(staged)
+            # A fresh mtime keeps the blob out of an orphan sweep until its version is committed.
+            with contextlib.suppress(OSError):
+                os.utime(final)
             return False
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +213,26 @@ class LocalArtifactStore:
                 if path.stat().st_mtime <= cutoff:
                     path.unlink()
                     removed += 1
+        return removed
+
+    def sweep_unreferenced(self, referenced: set[str], older_than_s: float) -> list[str]:
+        """See :meth:`ArtifactStore.sweep_unreferenced`.
+
+        Orphans come from a process killed between the blob's rename and its version's database
+        commit (the upload was refused to the client, which retries). The age threshold spares
+        a blob whose version is being committed right now; the registry sweeps at start-up,
+        before it takes uploads.
+        """
+        cutoff = time.time() - older_than_s
+        removed = []
+        for path in sorted(self._blobs.glob("*/*")):
+            digest = path.name
+            if digest in referenced or path.parent.name != digest[:2] or len(digest) != 64:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime <= cutoff:
+                    path.unlink()
+                    removed.append(digest)
         return removed
 
     def temporary_files(self) -> list[Path]:

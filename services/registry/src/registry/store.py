@@ -90,6 +90,10 @@ class ModelStore(Protocol):
         """Every version of ``name``, oldest first. Raises ModelNotFound."""
         ...
 
+    def referenced_artifacts(self) -> set[str]:
+        """The sha256 of every artifact some version refers to."""
+        ...
+
     def get_version(self, name: str, version: int) -> ModelVersion:
         """One version. Raises ModelNotFound or VersionNotFound."""
         ...
