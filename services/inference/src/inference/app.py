@@ -153,7 +153,7 @@ def create_app(settings: Settings) -> FastAPI:
             if settings.canary_analysis:
                 spawn(analyzer.run(stop), "inference-canary-analysis")
             if settings.grpc_port is not None:
-                grpc_server = build_server(service, host=settings.host, port=settings.grpc_port)
+                grpc_server = build_server(service, backend, host=settings.host, port=settings.grpc_port)
                 await grpc_server.start()
             app.state.settings = settings
             app.state.service = service

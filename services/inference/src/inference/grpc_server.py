@@ -22,8 +22,10 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from inference import __version__
 from inference.errors import InferenceError, InvalidInput, ModelNotFound, http_status
+from inference.routing import ModelRoute
 from inference.service import InferenceService, InferRequest
 from inference.tensors import NUMPY, Spec, Tensor, check_shape, from_raw, to_raw
+from inference.triton import TritonBackend
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,9 @@ def _param(params: Any, name: str) -> str | None:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """The v2 gRPC service over :class:`~inference.service.InferenceService`."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, triton: TritonBackend) -> None:
         self.service = service
+        self.triton = triton
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: InferenceError) -> None:
         await context.abort(GRPC_CODE.get(http_status(exc), grpc.StatusCode.INTERNAL), str(exc))
@@ -102,14 +105,55 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         except ValueError:
             return pb.ModelReadyResponse(ready=False)
 
+    def _version(self, name: str, requested: str) -> tuple[ModelRoute, int]:
+        """The rollout of ``name`` and the requested version (default: the champion), which it must hold."""
+        route = self.service.rollout.route(name)
+        try:
+            version = int(requested) if requested else (route.champion or route.canary)
+        except ValueError:
+            raise InvalidInput(f"version {requested!r} is not an integer") from None
+        if version is None or version not in route.versions:
+            raise ModelNotFound(f"version {requested or '(champion)'} of {name!r} is not in its rollout "
+                                f"{route.versions}")
+        return route, version
+
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Triton's configuration of the champion (or the named version of the rollout)."""
+        try:
+            _, version = self._version(request.name, request.version)
+            return await self.triton.model_config(request.name, version)
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            raise  # unreachable: abort raises
+
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Triton's statistics of the rollout's versions: of one model (one version if named), or of every model."""
+        try:
+            if request.name:
+                route, version = self._version(request.name, request.version) if request.version else (
+                    self.service.rollout.route(request.name), None)
+                wanted = {request.name: {version} if version is not None else set(route.versions)}
+            else:
+                wanted = {m: set(r.versions) for m, r in self.service.rollout.table.items()}
+            answer = pb.ModelStatisticsResponse()
+            for model in sorted(wanted):
+                try:
+                    stats = await self.triton.model_statistics(model)
+                except ModelNotFound:
+                    if request.name:
+                        raise
+                    continue  # a rollout model Triton does not serve (yet): nothing to report
+                answer.model_stats.extend(s for s in stats.model_stats
+                                          if s.version.isdigit() and int(s.version) in wanted[model])
+            return answer
+        except InferenceError as exc:
+            await self._abort(context, exc)
+            raise  # unreachable: abort raises
+
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Metadata of the champion (or the named version) and the rollout's versions."""
         try:
-            route = self.service.rollout.route(request.name)
-            version = int(request.version) if request.version else (route.champion or route.canary)
-            if version is None or version not in route.versions:
-                raise ModelNotFound(f"version {request.version or '(champion)'} of {request.name!r} is not in its "
-                                    f"rollout {route.versions}")
+            route, version = self._version(request.name, request.version)
             sig = await self.service.signature(request.name, version)
         except InferenceError as exc:
             await self._abort(context, exc)
@@ -159,10 +203,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return response
 
 
-def build_server(service: InferenceService, *, host: str, port: int) -> grpc.aio.Server:
+def build_server(service: InferenceService, triton: TritonBackend, *, host: str, port: int) -> grpc.aio.Server:
     """The gRPC server (not started) serving :class:`InferenceServicer` on ``host:port``."""
     server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 1024 * 1024),
                                       ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, triton), server)
     server.add_insecure_port(f"{host}:{port}")
     return server

@@ -96,6 +96,32 @@ class TritonBackend:
         except InvalidInput as exc:
             raise BackendFailed(f"Triton returned an unreadable output of {model} v{version}: {exc}") from None
 
+    async def model_config(self, model: str, version: int) -> Any:
+        """Triton's ``ModelConfigResponse`` of one version (the protocol message, forwarded as is).
+
+        Raises:
+            ModelNotFound, BackendUnavailable, BackendTimeout.
+
+        """
+        try:
+            return await next(self._stubs).ModelConfig(pb.ModelConfigRequest(name=model, version=str(version)),
+                                                       timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(str(exc.code()), exc.details() or "", model=model, version=version) from None
+
+    async def model_statistics(self, model: str) -> Any:
+        """Triton's ``ModelStatisticsResponse`` for every loaded version of ``model``.
+
+        Raises:
+            ModelNotFound, BackendUnavailable, BackendTimeout.
+
+        """
+        try:
+            return await next(self._stubs).ModelStatistics(pb.ModelStatisticsRequest(name=model),
+                                                           timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(str(exc.code()), exc.details() or "", model=model, version=0) from None
+
     async def signature(self, model: str, version: int) -> Signature:
         """Inputs, outputs and maximum batch size of a loaded version.
 

@@ -134,6 +134,33 @@ def test_grpc_errors_carry_the_matching_codes(gateway: Gateway) -> None:
         client.close()
 
 
+def test_grpc_model_config_and_statistics_are_triton_s_for_the_rollout_versions(gateway: Gateway) -> None:
+    client = grpcclient.InferenceServerClient(gateway.grpc_url)
+    try:
+        config = client.get_model_config(MODEL, as_json=True)["config"]
+        assert config["name"] == MODEL and int(config["max_batch_size"]) == 64
+        assert [i["name"] for i in config["input"]] == ["x"]
+        inp = grpcclient.InferInput("x", list(X.shape), "FP32")
+        inp.set_data_from_numpy(X)
+        before = client.get_inference_statistics(MODEL, as_json=True)["model_stats"]
+        assert [s["version"] for s in before] == ["1"]  # only the rollout's versions, though Triton holds 1-4
+        for _ in range(3):
+            client.infer(MODEL, [inp])
+        after = client.get_inference_statistics(MODEL, as_json=True)["model_stats"]
+        # Triton counts inferences by rows: three requests of X's rows each.
+        assert int(after[0].get("inference_count", 0)) - int(before[0].get("inference_count", 0)) == 3 * len(X)
+        every = client.get_inference_statistics(as_json=True)["model_stats"]
+        assert {(s["name"], s["version"]) for s in every} == {(MODEL, "1")}
+        for call in (lambda: client.get_model_config("nope"), lambda: client.get_model_config(MODEL, "3"),
+                     lambda: client.get_inference_statistics("nope"),
+                     lambda: client.get_inference_statistics(MODEL, "2")):
+            with pytest.raises(InferenceServerException) as err:
+                call()
+            assert "NOT_FOUND" in str(err.value.status()), err.value.message()
+    finally:
+        client.close()
+
+
 def test_pinned_version_of_the_rollout(gateway: Gateway) -> None:
     set_rollout(gateway, "shadow", 2)
     response = httpx.post(f"{gateway.url}/v2/models/{MODEL}/versions/2/infer", json=v2_body(X.tolist()))
