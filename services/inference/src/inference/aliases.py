@@ -11,6 +11,7 @@ the registry says serves cannot disagree.
 
 Without a registry (a standalone gateway: development, benchmarks), :class:`LocalAliases`
 writes the shared routing table in Redis directly and publishes the change to the rollout topic.
+With a registry but no token, :class:`ReadOnlyAliases` refuses every change.
 
 A change decided on some state carries that state (:attr:`AliasMove.expect`): before writing, the
 registry writer reads the alias and skips a move already made (a retry after a partial success),
@@ -201,6 +202,34 @@ class LocalAliases:
         """Apply ``moves`` atomically to the routing table, compare-and-set on ``expected_revision``."""
         await self._rollout.change(model, [m.change() for m in moves], changed_by=changed_by, reason=reason,
                                    origin=self._origin, expected_revision=expected_revision)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class ReadOnlyAliases:
+    """A gateway with a registry but no registry token: it may not change aliases at all.
+
+    Writing the routing table itself would make it a second writer next to the registry, so every
+    change is refused with what to do instead.
+    """
+
+    owner = "registry"
+
+    def __init__(self, registry_url: str) -> None:
+        self._registry_url = registry_url
+
+    async def move(self, model: str, moves: Sequence[AliasMove], *, reason: str, changed_by: str,
+                   expected_revision: int | None = None) -> None:
+        """Refuse.
+
+        Raises:
+            RegistryRefused: always.
+
+        """
+        raise RegistryRefused(f"aliases of {model!r} belong to the registry at {self._registry_url}: change them "
+                              "there (PUT /v1/models/{name}/aliases/{alias}), or give this gateway "
+                              "INFERENCE_REGISTRY_TOKEN (operator role) to change them through it")
 
     async def close(self) -> None:
         """Nothing to release."""

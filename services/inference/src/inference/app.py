@@ -29,7 +29,7 @@ from tributary_kit.lag import reporting_lag
 from tributary_kit.telemetry import build_tracer_provider
 
 from inference import __version__, api, infer_asgi
-from inference.aliases import AliasWriter, LocalAliases, RegistryAliases
+from inference.aliases import AliasWriter, LocalAliases, ReadOnlyAliases, RegistryAliases
 from inference.canary import CanaryAnalyzer, CanaryStats, LabelJoin, Policy
 from inference.consumer import RequestHandler
 from inference.contracts import RegistryContracts
@@ -115,6 +115,8 @@ def create_app(settings: Settings) -> FastAPI:
                 writer = RegistryAliases(settings.registry_url, token=settings.registry_token.get_secret_value(),
                                          timeout_s=settings.registry_timeout_s, retries=settings.registry_retries,
                                          backoff_s=settings.registry_retry_backoff_s)
+            elif settings.registry_url:
+                writer = ReadOnlyAliases(settings.registry_url)
             else:
                 writer = LocalAliases(rollout, origin="analysis")
             writers.append(writer)

@@ -20,7 +20,14 @@ from inference.tensors import Tensor
 from schemas.registry import RolloutChangedV1
 from tributary_kit.codec import encode_event
 
-from services.inference.tests.integration.conftest import MODEL, Gateway, set_rollout, v2_body
+from services.inference.tests.integration.conftest import (
+    GATEWAY_PRINCIPAL,
+    MODEL,
+    Gateway,
+    Registry,
+    set_rollout,
+    v2_body,
+)
 from tests.fixtures.triton import TritonServer
 
 pytestmark = pytest.mark.integration
@@ -168,3 +175,32 @@ def test_redis_losing_the_table_keeps_the_last_known_routes_and_writes_them_back
     assert r.status_code == 200, r.text
     set_rollout(g, "champion", 2)                     # a real change still wins over the written-back copy
     assert httpx.get(f"{g.url}/v1/rollout/{MODEL}", timeout=10).json()["champion"] == 2
+
+
+def test_with_a_registry_operator_changes_go_through_the_registry(
+        served: TritonServer, settings_for: Callable[..., Settings], registry: Registry,
+        gateway_factory: Callable[[Settings], Gateway]) -> None:
+    g = gateway_factory(settings_for(served, registry_url=registry.url, registry_token=registry.gateway_token))
+    answer = set_rollout(g, "champion", 1)
+    assert answer["champion"] == 1  # answered once this replica serves the registry's change
+    r = httpx.put(f"{g.url}/v1/rollout/{MODEL}", json={"alias": "canary", "version": 2, "weight": 0.3,
+                                                       "reason": "try v2"}, headers={"x-operator": "ana"}, timeout=30)
+    assert r.status_code == 200 and (r.json()["canary"], r.json()["canary_weight"]) == (2, 0.3), r.text
+    change = registry.history("canary")[-1]
+    assert (change["version"], change["weight"], change["changed_by"]) == (2, 0.3, GATEWAY_PRINCIPAL)
+    assert "try v2" in change["reason"] and "operator ana" in change["reason"]
+    # The registry's refusal reaches the operator with its reason.
+    r = httpx.put(f"{g.url}/v1/rollout/{MODEL}", json={"alias": "champion", "version": 9, "reason": "typo"},
+                  timeout=30)
+    assert r.status_code == 404 and "registry refused" in r.json()["error"], r.text
+    assert registry.aliases()["champion"]["version"] == 1
+
+
+def test_with_a_registry_but_no_token_the_gateway_changes_no_alias(
+        served: TritonServer, settings_for: Callable[..., Settings], registry: Registry,
+        gateway_factory: Callable[[Settings], Gateway]) -> None:
+    g = gateway_factory(settings_for(served, registry_url=registry.url))
+    r = httpx.put(f"{g.url}/v1/rollout/{MODEL}", json={"alias": "champion", "version": 1, "reason": "test"},
+                  timeout=30)
+    assert r.status_code == 502 and "INFERENCE_REGISTRY_TOKEN" in r.json()["error"], r.text
+    assert MODEL not in g.service.rollout.table and "champion" not in registry.aliases()
