@@ -91,7 +91,10 @@ def create_app(settings: Settings) -> FastAPI:
         async def publish_decision(decision: CanaryDecidedV1) -> None:
             await publish(producer, [(settings.canary_decisions_topic, decision.model_name, decision)])
 
-        predictions = PredictionPublisher(producer, settings.predictions_topic,
+        # Predictions are a high-volume feedback stream: their own producer batches them longer.
+        prediction_producer = build_producer(settings, linger_ms=settings.prediction_linger_ms,
+                                             client_id="inference-predictions")
+        predictions = PredictionPublisher(prediction_producer, settings.predictions_topic,
                                           queue_size=settings.prediction_queue_size)
         try:
             rollout = RolloutState(redis, prefix=settings.redis_prefix, publish=publish_rollouts)
@@ -191,6 +194,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await contracts.close()
             for w in writers:
                 await w.close()
+            await asyncio.to_thread(prediction_producer.close, 10)
             await asyncio.to_thread(producer.close, 10)
             await redis.aclose()
             provider.shutdown()

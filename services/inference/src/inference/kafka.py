@@ -41,11 +41,14 @@ SOURCE = "inference"
 P = TypeVar("P", bound=Event)
 
 
-def build_producer(settings: Settings) -> AsyncProducer:
-    """The idempotent, acks=all producer of every event the gateway publishes."""
-    config = {"bootstrap.servers": settings.kafka_bootstrap, "client.id": "inference",
-              "message.timeout.ms": 10_000, **settings.producer_config}
-    return AsyncProducer(config, enqueue_timeout_s=0.05)
+def build_producer(settings: Settings, *, linger_ms: int | None = None, client_id: str = "inference"
+                   ) -> AsyncProducer:
+    """The idempotent, acks=all producer of the gateway's events (``linger_ms`` over the default batching)."""
+    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap, "client.id": client_id,
+                              "message.timeout.ms": 10_000}
+    if linger_ms is not None:
+        config["linger.ms"] = linger_ms
+    return AsyncProducer({**config, **settings.producer_config}, enqueue_timeout_s=0.05)
 
 
 def build_consumer(settings: Settings, *, group_id: str | None, client_id: str,

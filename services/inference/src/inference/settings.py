@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     predictions_topic: str = topics.PREDICTIONS
     """Topic of ``inference.prediction-event.v1`` events (one per prediction, for drift and label joins)."""
 
+    prediction_linger_ms: int = Field(default=50, ge=0, le=1000)
+    """How long prediction events wait to be batched to Kafka (their own producer; other events keep the
+    default). Larger batches cost the broker and the gateway far less CPU per prediction."""
+
     prediction_queue_size: int = Field(default=10_000, ge=1)
     """Prediction events waiting for the producer; when full, new ones are dropped and counted."""
 
