@@ -336,6 +336,10 @@ class InferenceService:
     def _mark_down(self) -> None:
         self._triton_down_until = self._clock() + self.breaker_s
 
+    async def mirror_rows(self, model: str, version: int) -> int:
+        """Most rows one mirror call may carry: the version's maximum batch size (0: no batching)."""
+        return (await self.signature(model, version)).max_batch_size
+
     async def run_mirror(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None
                          ) -> list[Tensor]:
         """A mirror call: Triton only, with the same deadline (the fallback is for callers)."""

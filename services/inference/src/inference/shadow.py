@@ -50,6 +50,38 @@ class MirrorJob:
 
 Run = Callable[[str, int, list[Tensor], list[str] | None], Awaitable[list[Tensor]]]
 Done = Callable[[MirrorJob, list[Tensor], float, float | None], None]
+MaxRows = Callable[[str, int], Awaitable[int]]
+
+
+def _batch_key(job: MirrorJob) -> tuple[object, ...] | None:
+    """What jobs must share to run as one batch (None: this job runs alone)."""
+    rows = {t.array.shape[0] if t.array.ndim else -1 for t in job.inputs}
+    if len(rows) != 1 or -1 in rows or any(t.datatype == "BYTES" for t in job.inputs):
+        return None
+    return (job.model, job.version, tuple(job.outputs or ()),
+            tuple((t.name, t.datatype, t.array.shape[1:]) for t in job.inputs))
+
+
+def _rows(job: MirrorJob) -> int:
+    return int(job.inputs[0].array.shape[0])
+
+
+def split_rows(outputs: list[Tensor], counts: list[int]) -> list[list[Tensor]] | None:
+    """The outputs of a batched call cut back into each job's rows (None: an output has no batch rows).
+
+    >>> out = [Tensor("y", "FP32", np.array([[1.0], [2.0], [3.0]], dtype=np.float32))]
+    >>> [[t.array.ravel().tolist() for t in part] for part in split_rows(out, [1, 2])]
+    [[[1.0]], [[2.0, 3.0]]]
+    """
+    total = sum(counts)
+    if any(t.array.ndim == 0 or t.array.shape[0] != total for t in outputs):
+        return None
+    parts: list[list[Tensor]] = []
+    at = 0
+    for n in counts:
+        parts.append([Tensor(t.name, t.datatype, t.array[at:at + n]) for t in outputs])
+        at += n
+    return parts
 
 
 def divergence(a: list[Tensor], b: list[Tensor]) -> float | None:
@@ -81,9 +113,12 @@ class ShadowMirror:
 
     """
 
-    def __init__(self, run: Run, done: Done, *, queue_size: int, workers: int) -> None:
+    def __init__(self, run: Run, done: Done, *, queue_size: int, workers: int, max_rows: MaxRows | None = None,
+                 batch_jobs: int = 32) -> None:
         self._run = run
         self._done = done
+        self._max_rows = max_rows
+        self._batch_jobs = batch_jobs
         self._queue: asyncio.Queue[MirrorJob] = asyncio.Queue(maxsize=queue_size)
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
@@ -124,29 +159,82 @@ class ShadowMirror:
 
     async def _work(self) -> None:
         while True:
-            job = await self._queue.get()
+            jobs = [await self._queue.get()]
+            # Jobs waiting behind it for the same model, version and tensor layout run as one
+            # batch: one backend call instead of many, which is what keeps full mirroring cheap.
+            while len(jobs) < self._batch_jobs and not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
             metrics.SHADOW_QUEUE.set(self._queue.qsize())
-            started = time.perf_counter()
+            groups: dict[object, list[MirrorJob]] = {}
+            for i, job in enumerate(jobs):
+                key = _batch_key(job) if self._max_rows is not None else None
+                groups.setdefault(key if key is not None else ("alone", i), []).append(job)
             try:
-                outputs = await self._run(job.model, job.version, job.inputs, job.outputs)
-            except InferenceError as exc:
-                metrics.SHADOW_CALLS.labels(job.model, job.kind, "error").inc()
-                log.debug("mirror call failed", extra={"model": job.model, "version": job.version, "error": str(exc)})
-                self._queue.task_done()
-                continue
-            except Exception:
-                metrics.SHADOW_CALLS.labels(job.model, job.kind, "error").inc()
-                log.exception("mirror call failed unexpectedly", extra={"model": job.model})
-                self._queue.task_done()
-                continue
-            latency_ms = (time.perf_counter() - started) * 1000
+                for group in groups.values():
+                    await self._run_group(group)
+            finally:
+                for _ in jobs:
+                    self._queue.task_done()
+
+    async def _run_group(self, jobs: list[MirrorJob]) -> None:
+        first = jobs[0]
+        if len(jobs) > 1 and self._max_rows is not None:
+            limit = await self._limit(first)
+            if limit > 0:
+                batch: list[MirrorJob] = []
+                for job in jobs:
+                    if batch and sum(map(_rows, batch)) + _rows(job) > limit:
+                        await self._run_batch(batch)
+                        batch = []
+                    batch.append(job)
+                await self._run_batch(batch)
+                return
+        for job in jobs:
+            await self._run_batch([job])
+
+    async def _limit(self, job: MirrorJob) -> int:
+        assert self._max_rows is not None
+        try:
+            return await self._max_rows(job.model, job.version)
+        except Exception:  # unknown batch size: the jobs run one by one
+            log.debug("mirror batch size unknown", extra={"model": job.model, "version": job.version}, exc_info=True)
+            return 0
+
+    async def _run_batch(self, jobs: list[MirrorJob]) -> None:
+        first = jobs[0]
+        inputs = first.inputs if len(jobs) == 1 else [
+            Tensor(t.name, t.datatype, np.concatenate([j.inputs[k].array for j in jobs]))
+            for k, t in enumerate(first.inputs)]
+        started = time.perf_counter()
+        try:
+            outputs = await self._run(first.model, first.version, inputs, first.outputs)
+        except InferenceError as exc:
+            self._failed(jobs, None, str(exc))
+            return
+        except Exception:
+            self._failed(jobs, "mirror call failed unexpectedly", "")
+            return
+        latency_ms = (time.perf_counter() - started) * 1000
+        parts = [outputs] if len(jobs) == 1 else split_rows(outputs, [_rows(j) for j in jobs])
+        if parts is None:
+            self._failed(jobs, None, "a batched mirror answered an output without batch rows")
+            return
+        for job, out in zip(jobs, parts, strict=True):
             metrics.SHADOW_CALLS.labels(job.model, job.kind, "ok").inc()
-            diff = divergence(outputs, job.served)
+            diff = divergence(out, job.served)
             if diff is not None:
                 metrics.DIVERGENCE.labels(job.model, job.kind).observe(diff)
             try:
-                self._done(job, outputs, latency_ms, diff)
+                self._done(job, out, latency_ms, diff)
             except Exception:
                 log.exception("mirror result not recorded", extra={"model": job.model})
             self.completed += 1
-            self._queue.task_done()
+
+    def _failed(self, jobs: list[MirrorJob], unexpected: str | None, error: str) -> None:
+        for job in jobs:
+            metrics.SHADOW_CALLS.labels(job.model, job.kind, "error").inc()
+        if unexpected is not None:
+            log.exception(unexpected, extra={"model": jobs[0].model})
+        else:
+            log.debug("mirror call failed", extra={"model": jobs[0].model, "version": jobs[0].version,
+                                                   "jobs": len(jobs), "error": error})

@@ -280,3 +280,34 @@ def test_registry_settings_refuse_an_analysis_that_could_not_write_aliases() -> 
     ok = Settings(**base, registry_url="http://registry:8082", registry_token="trb_x")
     assert ok.registry_token is not None and ok.registry_token.get_secret_value() == "trb_x"
     assert "trb_x" not in repr(ok)
+
+
+async def test_queued_mirrors_run_as_batches_within_the_model_s_batch_size() -> None:
+    calls: list[int] = []
+
+    async def run(model: str, version: int, inputs: list[Tensor], outputs: list[str] | None) -> list[Tensor]:
+        calls.append(inputs[0].array.shape[0])
+        return [Tensor("y", "FP32", inputs[0].array[:, :1] * 10)]  # row i answers 10 * its first value
+
+    answers: dict[str, float] = {}
+
+    def done(job: MirrorJob, out: list[Tensor], ms: float, diff: float | None) -> None:
+        answers[job.request_id] = float(out[0].array[0, 0])
+
+    async def max_rows(model: str, version: int) -> int:
+        return 4
+
+    mirror = ShadowMirror(run, done, queue_size=100, workers=1, max_rows=max_rows)
+    for i in range(10):
+        x = Tensor("x", "FP32", np.array([[float(i), 0.0]], dtype=np.float32))
+        assert mirror.offer(MirrorJob("shadow", "m", 2, [x], None, [], 1, f"r{i}"))
+    other = Tensor("x", "FP32", np.zeros((1, 3), dtype=np.float32))  # another layout: never in the same batch
+    assert mirror.offer(MirrorJob("shadow", "m", 2, [other], None, [], 1, "odd"))
+    mirror.start()
+    try:
+        assert await mirror.idle(10)
+    finally:
+        await mirror.stop()
+    assert sorted(calls) == [1, 2, 4, 4]  # 10 rows in batches of at most 4, the odd one alone
+    assert answers == {**{f"r{i}": 10.0 * i for i in range(10)}, "odd": 0.0}
+    assert mirror.completed == 11
