@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     shadow_queue_size: int = Field(default=1000, ge=1)
     """Shadow and comparison calls waiting to run; when full, new ones are dropped and counted."""
 
-    shadow_workers: int = Field(default=4, ge=1)
-    """Concurrent shadow and comparison calls."""
+    shadow_workers: int = Field(default=2, ge=1)
+    """Concurrent shadow and comparison calls (each carries every queued mirror it can batch)."""
 
     compare_canary: bool = True
     """Also run each canary-routed request on the champion (in the background) to measure divergence."""

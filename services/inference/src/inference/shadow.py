@@ -109,16 +109,21 @@ class ShadowMirror:
         run: runs a version on inputs (the backend, with its own deadline).
         done: told each finished job, its outputs, its latency (ms) and the divergence.
         queue_size: jobs that may wait; more are dropped and counted.
-        workers: jobs run at once.
+        workers: backend calls run at once.
+        max_rows: the most rows one call to a version may carry (its maximum batch size, 0: no
+            batching); None: every job is its own call.
+        batch_jobs: the most jobs one worker takes from the queue at once.
+        batch_wait_s: how long a worker with batching waits for more jobs before its call.
 
     """
 
     def __init__(self, run: Run, done: Done, *, queue_size: int, workers: int, max_rows: MaxRows | None = None,
-                 batch_jobs: int = 32) -> None:
+                 batch_jobs: int = 32, batch_wait_s: float = 0.002) -> None:
         self._run = run
         self._done = done
         self._max_rows = max_rows
         self._batch_jobs = batch_jobs
+        self._batch_wait_s = batch_wait_s
         self._queue: asyncio.Queue[MirrorJob] = asyncio.Queue(maxsize=queue_size)
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
@@ -162,6 +167,9 @@ class ShadowMirror:
             jobs = [await self._queue.get()]
             # Jobs waiting behind it for the same model, version and tensor layout run as one
             # batch: one backend call instead of many, which is what keeps full mirroring cheap.
+            # A mirror may wait a moment for company; no caller waits for it.
+            if self._max_rows is not None and self._batch_wait_s > 0 and self._queue.qsize() < self._batch_jobs - 1:
+                await asyncio.sleep(self._batch_wait_s)
             while len(jobs) < self._batch_jobs and not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
             metrics.SHADOW_QUEUE.set(self._queue.qsize())
