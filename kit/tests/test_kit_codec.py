@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from schemas.envelope import Envelope, event_class, event_types
 from schemas.ingest import FeatureEventV1
-from tributary_kit.codec import PoisonMessage, decode, decode_any, encode, encode_event, encode_events
+from tributary_kit.codec import PoisonMessage, decode, decode_any, encode, encode_event, encode_event_dicts
 
 GOLDEN = Path(__file__).resolve().parents[2] / "schemas" / "tests" / "golden"
 
@@ -57,15 +57,15 @@ def test_decode_refuses_garbage_wrong_types_and_tombstones() -> None:
         decode_any(json.dumps({**json.loads(golden), "event_type": "x.y.v1"}).encode())
 
 
-def test_encode_events_gives_the_same_bytes_as_encode_event_per_event() -> None:
+def test_encode_event_dicts_gives_the_same_bytes_as_encode_event_per_event() -> None:
     now = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
     events = [
         FeatureEventV1(event_id=f"e-{i}", dataset="credit", entity_id=f"c-{i}", event_time=now,
                        features={"income": i * 1.5, "segment": "a", "n": i, "gone": None}, label=i % 2)
         for i in range(5)
     ]
-    batch = encode_events(events, source="ingest", occurred_at=now, traceparent="00-ab-cd-01",
-                          event_type="features")
+    batch = encode_event_dicts([dict(e.__dict__) for e in events], source="ingest", occurred_at=now,
+                               traceparent="00-ab-cd-01", event_type="features")
     assert batch == [encode_event(e, event_id=e.event_id, source="ingest", occurred_at=now,
                                   traceparent="00-ab-cd-01", event_type="features") for e in events]
-    assert encode_events([], source="ingest", occurred_at=now) == []
+    assert encode_event_dicts([], source="ingest", occurred_at=now, event_type="features") == []

@@ -18,7 +18,7 @@ import orjson
 from ingest.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ingest.service import Row
 from ingest.spec_models import BatchValidator
-from ingest.validation import Kind, StrictFeatureEvent, parse_many_json, parse_one_json
+from ingest.validation import Kind, parse_many_json, parse_one_json
 
 JSON_TYPES = {"application/json"}
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
@@ -90,9 +90,12 @@ def decode_single(body: bytes, content_type: str | None, kind: Kind) -> Row:
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    """A whole batch the compiled validator took: every event meets its dataset's spec."""
+    """A whole batch the compiled validator took: every event meets its dataset's spec.
 
-    events: list[StrictFeatureEvent]
+    Each event is a dict of the feature contract's fields (defaults filled in), ready to encode.
+    """
+
+    events: list[dict[str, Any]]
 
 
 def decode_batch(body: bytes, content_type: str | None, kind: Kind, *, max_events: int,

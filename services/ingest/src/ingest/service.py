@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -18,7 +18,7 @@ from typing import Any, Literal
 from opentelemetry import trace
 from schemas.deadletter import Problem
 from schemas.topics import FEATURES, LABELS, dlq
-from tributary_kit.codec import encode, encode_event, encode_events
+from tributary_kit.codec import encode, encode_event, encode_event_dicts
 from tributary_kit.deadletter import dead_letter
 from tributary_kit.producer import AsyncProducer, ProducerQueueFull, Record, RecordTuple, Sent
 from tributary_kit.telemetry import current_traceparent
@@ -121,11 +121,13 @@ class IngestService:
         """The compiled validator of JSON feature batches, when the service has one."""
         return self._compiled() if self._compiled is not None else None
 
-    async def publish_checked(self, kind: Kind, events: Sequence[DataEvent], *, origin: Origin) -> IngestResult:
+    async def publish_checked(self, kind: Kind, events: Sequence[Mapping[str, Any]], *,
+                              origin: Origin) -> IngestResult:
         """Publish ``events`` that were already validated against their datasets' specs.
 
         The path of batches the compiled validator took whole (see :mod:`ingest.spec_models`):
-        no per-row checks, one envelope encoding pass, one producer batch.
+        the events are dicts of the contract's fields; no per-row checks, one envelope encoding
+        pass, one producer batch.
 
         Raises:
             Overloaded: the producer queue stayed full; ``accepted`` lists what was published.
@@ -136,10 +138,10 @@ class IngestService:
         with self._tracer.start_as_current_span(
             "ingest.batch", attributes={"ingest.kind": kind, "ingest.origin": origin, "ingest.rows": len(events)}
         ):
-            values = encode_events(events, source=self._source, occurred_at=datetime.now(UTC),
-                                   traceparent=current_traceparent(), event_type=topic)
-            records = [(topic, value, event.entity_id) for value, event in zip(values, events, strict=True)]
-            await self._publish(records, [e.event_id for e in events], result, kind=kind, origin=origin,
+            values = encode_event_dicts(events, event_type=topic, source=self._source, occurred_at=datetime.now(UTC),
+                                        traceparent=current_traceparent())
+            records = [(topic, value, event["entity_id"]) for value, event in zip(values, events, strict=True)]
+            await self._publish(records, [e["event_id"] for e in events], result, kind=kind, origin=origin,
                                 dlq_topic=dlq(topic))
         return result
 

@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from schemas.dataset import DatasetSpec, DatasetSpecRegisteredV1
@@ -26,8 +27,8 @@ from tributary_kit.telemetry import current_traceparent
 
 from ingest import metrics
 from ingest.errors import BrokerUnavailable, SpecConflict, UnknownDataset
-from ingest.spec_models import BatchValidator, feature_event_model
-from ingest.validation import CompiledSpec, StrictFeatureEvent
+from ingest.spec_models import BatchValidator, feature_event_type
+from ingest.validation import CompiledSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class SpecCatalogue:
         self._topic = topic
         self._specs: dict[str, RegisteredSpec] = {}
         self._compiled: dict[str, CompiledSpec] = {}
-        self._models: dict[str, type[StrictFeatureEvent]] = {}
+        self._models: dict[str, Any] = {}  # dataset -> its compiled event type
         self._batch_validator: BatchValidator | None = None
         self._lock = threading.Lock()
         self._register_lock = asyncio.Lock()
@@ -145,7 +146,7 @@ class SpecCatalogue:
             elif current is None or entry.revision >= current.revision:
                 self._specs[name] = entry
                 self._compiled[name] = CompiledSpec(entry.spec)
-                self._models[name] = feature_event_model(entry.spec)
+                self._models[name] = feature_event_type(entry.spec)
             self._batch_validator = None
         metrics.DATASETS.set(len(self._specs))
 
