@@ -85,6 +85,10 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics() -> Response:
-    """Prometheus exposition."""
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition; the first scrape after the table's recovery restores the state gauges."""
+    app = request.app.state.faust
+    if not getattr(request.app.state, "gauges_restored", False) and app.tables.recovery.completed.is_set():
+        request.app.state.service.restore_gauges()
+        request.app.state.gauges_restored = True
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -55,7 +55,7 @@ from drift.reference import (
     parse_reference,
     stats_from_sample,
 )
-from drift.stats import CategoryTable, TestResult, WindowCounter, psi
+from drift.stats import CategoryTable, TestResult, WindowCounter, ks_p_values, psi
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class _Ring:
     into the new keys before its first write; the head then names the new layout.
     """
 
-    __slots__ = ("_legacy", "_obsolete", "capacity", "migrating", "name", "prefix", "slots", "store")
+    __slots__ = ("_legacy", "_obsolete", "capacity", "layout", "migrating", "name", "prefix", "slots", "store")
 
     def __init__(self, store: MutableMapping[str, Any], name: str, dataset: str, capacity: int,
                  saved_slots: int | None, *, legacy: str) -> None:
@@ -162,6 +162,8 @@ class _Ring:
         self._legacy = (f"{legacy}/{dataset}/", capacity) if saved_slots is None else (
             f"{name}/{dataset}/{saved_slots}/", saved_slots)
         self.migrating = saved_slots != self.slots
+        self.layout: int | None = saved_slots if self.migrating else self.slots
+        """Slot count of the keys in use, for the head (None: the untagged layout of earlier versions)."""
         self._obsolete: list[str] = []
 
     def load(self, lo: int, hi: int) -> list[Any]:
@@ -191,6 +193,7 @@ class _Ring:
             prefix, slots = self._legacy
             self._obsolete = [f"{prefix}{j}" for j in range(slots)]
             self.migrating = False
+            self.layout = self.slots
         self.store[f"{self.prefix}{seq % self.slots}"] = [seq, value]
 
     def drop_obsolete(self) -> None:
@@ -239,9 +242,18 @@ class DatasetMonitor:
         self._pring = _Ring(store, "preds", dataset, n, n + 1 if fresh else slots.get("preds"), legacy="pring")
         self._erring = _Ring(store, "errors", dataset, config.error_memory,
                              config.error_memory + 1 if fresh else slots.get("errors"), legacy="erring")
+        self._slots = {"window": self._ring.slots, "preds": self._pring.slots, "errors": self._erring.slots}
+        self._migrating = any(r.migrating for r in (self._ring, self._pring, self._erring))
         self._events: deque[Observation] = deque(
             Observation.from_json(raw) for raw in self._ring.load(self.seq - n, self.seq))
         self._ids: Counter[str] = Counter(e.event_id for e in self._events if e.event_id is not None)
+        # Per window: event times (for its bounds) and, per partition, the offsets in arrival
+        # order, which is offset order (an offset at or below the last applied is skipped), so
+        # a partition's range in the window is its first and last offset.
+        self._times: deque[float] = deque(e.event_time.timestamp() for e in self._events)
+        self._positions: dict[tuple[str, int], deque[int]] = {}
+        for e in self._events:
+            self._positions.setdefault((e.topic, e.partition), deque()).append(e.offset)
         self._predictions: deque[FeatureValue] = deque(self._pring.load(self.pseq - n, self.pseq), maxlen=n)
         self._detectors = self._new_detectors()
         for error in self._erring.load(max(self.e0, self.eseq - config.error_memory), self.eseq):
@@ -278,15 +290,23 @@ class DatasetMonitor:
             self._save_head()   # the offset moved on: a redelivery of the duplicate is skipped too
             return None
         n = self.config.window_size
-        self._ring.put(self.seq, obs.to_json(),
-                       held=((self.seq - len(self._events) + k, e.to_json()) for k, e in enumerate(self._events)))
+        raw = obs.to_json()
+        if self._ring.migrating:
+            self._ring.put(self.seq, raw, held=[(self.seq - len(self._events) + k, e.to_json())
+                                               for k, e in enumerate(self._events)])
+        else:
+            self._ring.put(self.seq, raw)
         self.seq += 1
         self._events.append(obs)
+        self._times.append(raw[0])
+        self._positions.setdefault((obs.topic, obs.partition), deque()).append(obs.offset)
         self._added.append(obs)
         if obs.event_id is not None:
             self._ids[obs.event_id] += 1
         if len(self._events) > n:
             gone = self._events.popleft()
+            self._times.popleft()
+            self._positions[(gone.topic, gone.partition)].popleft()
             self._removed.append(gone)
             if gone.event_id is not None:
                 self._ids[gone.event_id] -= 1
@@ -376,16 +396,20 @@ class DatasetMonitor:
             self._save_head()
 
     def _save_head(self) -> None:
-        # Copies: a store that keeps the object (an in-memory dict, or a table before its
-        # changelog record is serialised) must not see later changes of the counters.
+        # The table serialises the value when it is written (the changelog record), so the
+        # counters' own containers can go in as they are; an in-memory store sees them change
+        # with the monitor, which is still the state of its last head.
         self.store[self._head_key] = {
             "seq": self.seq, "pseq": self.pseq, "eseq": self.eseq, "e0": self.e0, "windows": self.windows,
-            "published": self.published, "last": dict(self.last_offsets), "flags": dict(self.flags),
-            "werr": list(self.window_errors), "policy": self.policy_state.to_dict(), "ref_gen": self.ref_gen,
-            "slots": {"window": self._ring.slots, "preds": self._pring.slots, "errors": self._erring.slots},
+            "published": self.published, "last": self.last_offsets, "flags": self.flags,
+            "werr": self.window_errors, "policy": self.policy_state.to_dict(), "ref_gen": self.ref_gen,
+            "slots": self._slots if not self._migrating else
+            {r.name: r.layout for r in (self._ring, self._pring, self._erring) if r.layout is not None},
         }
-        for ring in (self._ring, self._pring, self._erring):
-            ring.drop_obsolete()
+        if self._migrating:
+            for ring in (self._ring, self._pring, self._erring):
+                ring.drop_obsolete()
+            self._migrating = any(r.migrating for r in (self._ring, self._pring, self._erring))
 
     def _new_detectors(self) -> list[Detector]:
         c = self.config
@@ -451,16 +475,23 @@ class DatasetMonitor:
                 self._carried[name] = self._carried.get(name, 0) + sign * k
             for name in carried:
                 column = [row.get(name) for row in rows]
-                strings = [v for v in column if isinstance(v, str)]
-                numbers = [v for v in column if v is not None and not isinstance(v, str)]
-                self._present[name] = self._present.get(name, 0) + sign * (len(strings) + len(numbers))
-                table = self._categorical.get(name)
-                if table is not None:
-                    for v in strings:
-                        table.add(v, sign)
-                if not numbers:
-                    continue
-                values = np.asarray(numbers, dtype=np.float64)
+                # The common case, a column of numbers only, goes to numpy in one call; a column
+                # with strings or missing values (numpy infers another dtype) is split first.
+                values = np.array(column)
+                if values.dtype.kind in "fiub":
+                    values = values.astype(np.float64, copy=False)
+                    self._present[name] = self._present.get(name, 0) + sign * len(column)
+                else:
+                    strings = [v for v in column if isinstance(v, str)]
+                    numbers = [v for v in column if v is not None and not isinstance(v, str)]
+                    self._present[name] = self._present.get(name, 0) + sign * (len(strings) + len(numbers))
+                    table = self._categorical.get(name)
+                    if table is not None:
+                        for v in strings:
+                            table.add(v, sign)
+                    if not numbers:
+                        continue
+                    values = np.asarray(numbers, dtype=np.float64)
                 lo, hi = self._bound_cache.get(name, (None, None))
                 if lo is not None or hi is not None:
                     outside = (values < lo) if lo is not None else np.zeros(values.size, bool)
@@ -490,8 +521,8 @@ class DatasetMonitor:
         drifted_rows = [r for r in rows if r.drifted]
         drifted_features = sorted({r.feature for r in drifted_rows})
         retrain_drift = any(r.test in c.retrain_on for r in drifted_rows)
-        events = list(self._events)
-        end = max(e.event_time for e in events)
+        times = np.fromiter(self._times, np.float64, len(self._times))
+        end = self._events[int(times.argmax())].event_time
         decision = decide(self.policy_state, drifted=retrain_drift, at=end, config=c.policy)
         if not self.reference.usable:
             notes.append("no reference statistics: distribution tests skipped")
@@ -505,9 +536,10 @@ class DatasetMonitor:
             dataset=self.dataset,
             model_name=self.reference.model_name,
             model_version=self.reference.version,
-            window_start=min(e.event_time for e in events),
+            window_start=self._events[int(times.argmin())].event_time,
             window_end=end,
-            offsets=_offset_ranges(events),
+            offsets=[OffsetRange(topic=t, partition=p, start_offset=q[0], end_offset=q[-1] + 1)
+                     for (t, p), q in sorted(self._positions.items()) if q],
             results=rows,
             correction=c.correction,
             drifted=bool(drifted_rows),
@@ -549,9 +581,18 @@ class DatasetMonitor:
     def _distribution_rows(self) -> list[FeatureDrift]:
         c = self.config
         rows: list[FeatureDrift] = []
-        for name, acc in sorted(self._numeric.items()):
+        numeric = sorted(self._numeric.items())
+        # KS statistics first, then every feature's p-value in one batch (see ks_p_values)
+        ks: dict[str, tuple[float, int, int]] = {}
+        for name, acc in numeric:
             if acc.ks is not None and acc.ks.n >= c.min_samples and acc.ref.ks is not None:
-                rows.append(_row(name, "ks", acc.ref.ks.test(acc.ks), c.alpha))
+                grid = acc.ref.ks
+                ks[name] = (grid.statistic(acc.ks.counts, acc.ks.n), grid.n_reference, acc.ks.n)
+        p_values = dict(zip(ks, ks_p_values(list(ks.values())), strict=True))
+        for name, acc in numeric:
+            if name in ks:
+                d, _, m = ks[name]
+                rows.append(_row(name, "ks", TestResult(d, p_values[name], m), c.alpha))
             if acc.bins is not None and acc.bins.n >= c.min_samples and acc.ref.bins is not None:
                 rows.append(_row(name, "psi", acc.ref.bins.psi(acc.bins), c.psi_threshold))
         for name, table in sorted(self._categorical.items()):
@@ -650,23 +691,6 @@ def _category(value: FeatureValue) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
-
-
-def _offset_ranges(events: Iterable[Observation]) -> list[OffsetRange]:
-    lows: dict[tuple[str, int], int] = {}
-    highs: dict[tuple[str, int], int] = {}
-    for e in events:
-        key = (e.topic, e.partition)
-        o = e.offset
-        lo = lows.get(key)
-        if lo is None:
-            lows[key] = highs[key] = o
-        elif o < lo:
-            lows[key] = o
-        elif o > highs[key]:
-            highs[key] = o
-    return [OffsetRange(topic=t, partition=p, start_offset=lows[(t, p)], end_offset=highs[(t, p)] + 1)
-            for t, p in sorted(lows)]
 
 
 def error_of(prediction: FeatureValue, label: bool | int | float | str, *, regression: bool) -> float:

@@ -9,7 +9,11 @@ retrain is a small state machine per dataset, so one shift gives one command, no
 * **disarming (hysteresis off):** after firing, nothing fires again until ``clear`` clean
   windows in a row were seen (the shift is over, or the new model absorbed it);
 * **cooldown:** never two commands within ``cooldown_s`` (event time of the windows), however
-  the state machine moved.
+  the state machine moved;
+* **retry:** a command that changed nothing (the trainer refused it, or training failed, so the
+  drift goes on and no clean window ever re-arms the machine) is not the last one: once
+  ``cooldown_s`` (> 0) of event time has passed since it, a drifted window re-arms the machine
+  and the next confirmed drift fires again. With ``cooldown_s == 0`` only clean windows re-arm.
 
 A new champion re-arms the machine (its own drift is a new question) but keeps the cooldown.
 """
@@ -113,8 +117,14 @@ def decide(state: PolicyState, *, drifted: bool, at: datetime, config: PolicyCon
         return Decision(False, "no drift")
     state.clean_run = 0
     state.drifted_run += 1
+    if not state.armed and config.cooldown_s > 0 and state.last_fired_at is not None and (
+            at - datetime.fromisoformat(state.last_fired_at) >= timedelta(seconds=config.cooldown_s)):
+        # the last command did not end the drift (refused, failed, or its model no better)
+        state.armed = True
+        state.drifted_run = 1
     if not state.armed:
-        return Decision(False, f"drift continues; disarmed until {config.clear} clean windows in a row")
+        return Decision(False, f"drift continues; disarmed until {config.clear} clean windows in a row "
+                               f"or {config.cooldown_s:.0f}s after the last command")
     if state.drifted_run < config.consecutive:
         return Decision(False, f"drift in {state.drifted_run} of {config.consecutive} consecutive windows needed")
     if state.last_fired_at is not None:

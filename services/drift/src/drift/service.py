@@ -84,13 +84,24 @@ class DriftService:
             raw_spec = self.store.get(f"spec/{dataset}")
             spec = DatasetSpec.model_validate(raw_spec) if raw_spec else None
             found = self._monitors[dataset] = DatasetMonitor(dataset, self.config, self.store, spec=spec)
-            # Gauges are process state: a restarted service sets them again from the restored state.
-            episode = self.store.get(f"episode/{dataset}")
-            if episode:
-                metrics.EPISODE_STARTED.labels(dataset).set(float(episode["started"]))
-            if found.reference.usable and found.reference.version is not None:
-                metrics.REFERENCE_VERSION.labels(dataset).set(found.reference.version)
+            self._restore_gauges(found)
         return found
+
+    def restore_gauges(self) -> None:
+        """Set the gauges that describe durable state (open drift episode, reference version) from it.
+
+        Gauges are process state: after a restart they would read 0 (no episode open) until the
+        next window; called once the table is recovered, and for each monitor as it is restored.
+        """
+        for dataset in self.datasets():
+            self.monitor(dataset)
+
+    def _restore_gauges(self, monitor: DatasetMonitor) -> None:
+        episode = self.store.get(f"episode/{monitor.dataset}")
+        if episode:
+            metrics.EPISODE_STARTED.labels(monitor.dataset).set(float(episode["started"]))
+        if monitor.reference.usable and monitor.reference.version is not None:
+            metrics.REFERENCE_VERSION.labels(monitor.dataset).set(monitor.reference.version)
 
     # ---- registry and specs ---------------------------------------------------------------
 

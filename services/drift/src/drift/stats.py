@@ -23,7 +23,6 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -165,17 +164,48 @@ def ks_p_value(d: float, n1: int, n2: int) -> float:
     scipy evaluates the one-sample KS distribution (``kstwo``) at the effective size
     ``round(n1*n2/(n1+n2))``; the same formula is used here so both give the same number.
     """
-    if n1 <= 0 or n2 <= 0:
-        return 1.0
-    # D is |i/n1 - j/n2| = k/(n1*n2) for an integer k, so (k, n1, n2) names it exactly and the
-    # (costly, ~0.1 ms) tail probability is computed once per distinct value.
-    return _ks_p_value_exact(round(d * n1 * n2), n1, n2)
+    return ks_p_values([(d, n1, n2)])[0]
 
 
-@lru_cache(maxsize=1 << 16)
-def _ks_p_value_exact(k: int, n1: int, n2: int) -> float:
-    en = n1 * n2 / (n1 + n2)
-    return float(np.clip(_kstwo.sf(k / (n1 * n2), np.round(en)), 0.0, 1.0))
+def ks_p_values(tests: Sequence[tuple[float, int, int]]) -> list[float]:
+    """:func:`ks_p_value` of many ``(d, n1, n2)`` at once (one window's features).
+
+    ``D`` is ``|i/n1 - j/n2| = k/(n1*n2)`` for an integer ``k``, so ``(k, n1, n2)`` names it
+    exactly and the tail probability (~0.1 ms) is computed once per distinct value
+    (:data:`KS_P_VALUES`). The values not known yet are computed in one vectorised ``kstwo.sf``
+    call per effective size: the distribution's argument handling (most of a scalar call's
+    cost) is then paid once per window instead of once per feature.
+    """
+    out: list[float] = [1.0] * len(tests)
+    missing: dict[tuple[int, int, int], list[int]] = {}
+    for i, (d, n1, n2) in enumerate(tests):
+        if n1 <= 0 or n2 <= 0:
+            continue
+        key = (round(d * n1 * n2), n1, n2)
+        known = KS_P_VALUES.get(key)
+        if known is None:
+            missing.setdefault(key, []).append(i)
+        else:
+            out[i] = known
+    by_size: dict[int, list[tuple[int, int, int]]] = {}
+    for key in missing:
+        _, n1, n2 = key
+        by_size.setdefault(int(np.round(n1 * n2 / (n1 + n2))), []).append(key)
+    for size, keys in by_size.items():
+        x = np.asarray([k / (n1 * n2) for k, n1, n2 in keys], dtype=np.float64)
+        probs = np.clip(_kstwo.sf(x, size), 0.0, 1.0)
+        if len(KS_P_VALUES) + len(keys) > KS_P_VALUES_MAX:
+            KS_P_VALUES.clear()
+        for key, p in zip(keys, probs.tolist(), strict=True):
+            KS_P_VALUES[key] = p
+            for i in missing[key]:
+                out[i] = p
+    return out
+
+
+KS_P_VALUES: dict[tuple[int, int, int], float] = {}
+"""Memo of KS p-values by ``(k, n1, n2)`` (cleared when it reaches :data:`KS_P_VALUES_MAX`)."""
+KS_P_VALUES_MAX = 1 << 16
 
 
 class BinGrid:

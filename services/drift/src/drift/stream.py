@@ -18,6 +18,7 @@ monitor skips offsets it already applied and reports/commands carry deterministi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -65,7 +66,38 @@ class StateTable(faust.Table[Any, Any]):
     async def durable(self) -> None:
         """Wait until every write made so far is in the changelog."""
         if self.last_write is not None:
-            await self.last_write
+            await asyncio.shield(self.last_write)   # a caller giving up must not cancel the send
+
+
+class StreamApp(faust.App):
+    """The Faust app, whose producer flush also waits for the state table's last write.
+
+    Faust commits a partition's offsets after ``producer.flush()``, and its buffer's flush
+    returns when no message left the buffer for 0.1 s, possibly with table writes still in
+    it: a worker killed then comes back with offsets committed past records whose state was
+    never written, and those records are not redelivered (events lost from the windows). The
+    flush here also awaits the acknowledgement of the table's last write, which covers every
+    earlier one (one changelog partition, written in order).
+    """
+
+    state_table: StateTable | None = None
+
+    def _new_producer(self) -> Any:
+        producer = super()._new_producer()
+        flush = producer.flush
+
+        async def flush_with_state() -> None:
+            await flush()
+            if self.state_table is not None:
+                await asyncio.wait_for(self.state_table.durable(), STATE_FLUSH_TIMEOUT_S)
+
+        # Faust builds the producer from its transport (no class setting to subclass it).
+        setattr(producer, "flush", flush_with_state)  # noqa: B010
+        return producer
+
+
+STATE_FLUSH_TIMEOUT_S = 60.0
+"""Longest wait for the state's changelog before an offset commit; past it the commit fails (records redelivered)."""
 
 
 class FaustPublisher:
@@ -118,7 +150,7 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
     report names them exactly by its offset ranges.
     """
     spans = tracer or trace.get_tracer("drift")
-    app = faust.App(
+    app = StreamApp(
         settings.app_id,
         broker=_broker_url(settings.kafka_bootstrap),
         store="memory://",                  # the changelog topic is the durable copy
@@ -135,6 +167,7 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
     state = StateTable(app, name="state", default=None, beacon=app.tables.beacon, partitions=1, use_partitioner=True,
                        schema=faust.Schema(key_serializer="json", value_serializer="json"))
     app.tables.add(state)
+    app.state_table = state
     service = DriftService(settings.monitor_config(), state, references=registry, publisher=FaustPublisher(app, state),
                            retrain_window_s=settings.retrain_window_s,
                            recovery_objective_s=settings.recovery_objective_s)

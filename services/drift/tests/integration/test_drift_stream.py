@@ -88,10 +88,11 @@ def test_drift_stream_reports_and_one_retrain_command(kafka_bootstrap: str, stub
             model_name=model, alias="champion", version=1, changed_by="test", changed_at=T0))])
         wait_for(lambda: any(d["model_name"] == model for d in get(f"http://127.0.0.1:{port}/v1/drift/status")
                              ["datasets"]), "the champion's reference", 60)
-        # windows count events in arrival order across partitions: let the clean part arrive first
-        publish(kafka_bootstrap, topics.FEATURES, features(dataset, 300, seed=1))
+        # One partition (keyed by the dataset): windows count events in arrival order, and across
+        # partitions that order (so each window's sample) would change from run to run.
+        publish(kafka_bootstrap, topics.FEATURES, features(dataset, 300, seed=1, key=dataset))
         wait_for(lambda: _events(port, dataset) == 300, "300 clean events applied")
-        publish(kafka_bootstrap, topics.FEATURES, features(dataset, 500, start=300, shift=1.5, seed=2))
+        publish(kafka_bootstrap, topics.FEATURES, features(dataset, 500, start=300, shift=1.5, seed=2, key=dataset))
         reports = reports_of(kafka_bootstrap, dataset, 8)
         assert [r["report_id"] for r in reports] == [f"{dataset}-w{i}" for i in range(8)]
         assert [r["drifted"] for r in reports[:3]] == [False] * 3

@@ -60,3 +60,13 @@ def test_drift_new_champion_rearms_but_keeps_cooldown() -> None:
     later = decide(s, drifted=True, at=T0 + timedelta(minutes=10), config=cfg)
     assert not later.retrain and "cooldown" in later.reason
     assert PolicyState.from_dict(s.to_dict()) == s
+
+
+def test_drift_a_command_that_changed_nothing_is_retried_after_the_cooldown() -> None:
+    # The trainer refused the first command (or training failed): the drift goes on, no clean
+    # window re-arms the machine; once the cooldown has passed the drift is confirmed again
+    # (2 windows) and fires again, once per cooldown at most.
+    cfg = PolicyConfig(consecutive=2, clear=3, cooldown_s=300)
+    assert run("D" * 14, cfg, step_s=60) == [1, 7, 13]
+    # without a cooldown only clean windows re-arm (a retry at every window would be a storm)
+    assert run("D" * 14, PolicyConfig(consecutive=2, clear=3, cooldown_s=0)) == [1]

@@ -7,7 +7,7 @@ from typing import Any
 
 from drift import metrics
 from drift.errors import ReferenceUnavailable
-from drift.monitor import MonitorConfig
+from drift.monitor import MonitorConfig, Observation
 from drift.reference import VersionInfo
 from drift.service import DriftService
 from schemas.drift import DriftReportV1
@@ -76,3 +76,17 @@ async def test_a_drift_without_a_known_champion_opens_no_episode() -> None:
     service = DriftService(MonitorConfig(), store, references=NoReferences(), publisher=None)  # type: ignore[arg-type]
     service._start_episode(DriftReportV1(report_id="x-w1", dataset="x", window_start=T0, window_end=T0, drifted=True))
     assert store == {}
+
+
+def test_a_restarted_service_sets_the_open_episode_gauge_again_from_its_state() -> None:
+    store: dict[str, Any] = {"model/m": "credit-restart"}
+    first = DriftService(MonitorConfig(), store, references=NoReferences(), publisher=None)  # type: ignore[arg-type]
+    first.monitor("credit-restart").observe(Observation({"x": 1.0}, T0, "t", 0, 0))   # the dataset has state
+    first._start_episode(DriftReportV1(report_id="credit-restart-w3", dataset="credit-restart", model_name="m",
+                                       model_version=1, window_start=T0, window_end=T0, drifted=True))
+    started = value(metrics.EPISODE_STARTED, "credit-restart")
+    assert started > 0
+    metrics.EPISODE_STARTED.labels("credit-restart").set(0)     # a new process: gauges start empty
+    again = DriftService(MonitorConfig(), store, references=NoReferences(), publisher=None)  # type: ignore[arg-type]
+    again.restore_gauges()
+    assert value(metrics.EPISODE_STARTED, "credit-restart") == started
