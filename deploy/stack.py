@@ -130,6 +130,23 @@ def registry_tokens(data_dir: Path, tokens_file: Path) -> dict[str, str]:
     return tokens
 
 
+def signing_key(keys_dir: Path, key_id: str = "demo-trainer") -> Path:
+    """The trainer's artifact-signing key: made with ``tributary-trainer-cli keygen`` on the first run, then reused.
+
+    The registry trusts the ``.pub`` files of ``keys_dir`` and accepts only signed artifacts, as a
+    production registry should.
+    """
+    private = keys_dir / f"{key_id}.key"
+    if private.is_file() and (keys_dir / f"{key_id}.pub").is_file():
+        return private
+    cli = str(Path(sys.executable).parent / "tributary-trainer-cli")
+    done = subprocess.run([cli, "keygen", "--key-id", key_id, "--dir", str(keys_dir)], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    if done.returncode != 0:
+        raise StartError(f"tributary-trainer-cli keygen failed:\n{done.stdout}\n{done.stderr}")
+    return private
+
+
 class Demo:
     """The runner's side of the loop: the baseline, then the shift; everything else happens by itself."""
 
@@ -276,17 +293,19 @@ def main(argv: list[str] | None = None) -> int:
         say(f"starting Redis on {redis.url}")
         redis.start()
         tokens = registry_tokens(registry_dir, STATE / "tokens.json")
+        key = signing_key(STATE / "signing-keys")
         services = [
             service("registry", {"REGISTRY_DATA_DIR": str(registry_dir), "REGISTRY_KAFKA_BOOTSTRAP": kafka,
                                  "REGISTRY_PORT": str(args.registry_port),
-                                 "REGISTRY_TRITON_REPOSITORY": str(model_repository)}),
+                                 "REGISTRY_TRITON_REPOSITORY": str(model_repository),
+                                 "REGISTRY_SIGNING_KEYS_DIR": str(key.parent), "REGISTRY_REQUIRE_SIGNATURE": "true"}),
             service("ingest", {"INGEST_KAFKA_BOOTSTRAP": kafka, "INGEST_PORT": str(args.ingest_port)}),
             service("drift", {"DRIFT_KAFKA_BOOTSTRAP": kafka, "DRIFT_PORT": str(args.drift_port),
                               "DRIFT_STATE_DIR": str(STATE / "drift"), "DRIFT_REGISTRY_URL": url["registry"]}),
             service("trainer", {"TRAINER_KAFKA_BOOTSTRAP": kafka, "TRAINER_PORT": str(args.trainer_port),
                                 "TRAINER_REGISTRY_URL": url["registry"], "TRAINER_REGISTRY_TOKEN": tokens["trainer"],
                                 "TRAINER_REGISTRY_OPERATOR_TOKEN": tokens["operator"],
-                                "TRAINER_TRITON_URL": triton.http_url}),
+                                "TRAINER_TRITON_URL": triton.http_url, "TRAINER_SIGNING_KEY": str(key)}),
             service("inference", {
                 "INFERENCE_KAFKA_BOOTSTRAP": kafka, "INFERENCE_PORT": str(args.inference_port),
                 "INFERENCE_GRPC_PORT": str(free_port()), "INFERENCE_REDIS_URL": redis.url,

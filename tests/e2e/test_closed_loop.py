@@ -7,6 +7,7 @@ printed and checks every milestone, in order, and that every process of the stac
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -70,6 +71,13 @@ def test_a_shift_is_detected_retrained_canaried_and_promoted_by_itself(tmp_path:
     recovery = float(re.search(r"shift onset -> new champion: ([\d.]+) s", out).group(1))  # type: ignore[union-attr]
     assert 0 < recovery < 420
     assert "gate decision: refuse" not in out and "canary analysis: rollback" not in out
+
+    # The registry accepts only signed artifacts here: both versions came signed by the trainer's key.
+    registry_log = [json.loads(line) for line in (state / "logs" / "registry.log").read_text().splitlines()
+                    if line.startswith("{")]
+    registered = [r for r in registry_log if r.get("msg") == "version registered"]
+    assert [r.get("version") for r in registered] == [1, 2], registered
+    assert {r.get("signed_by") for r in registered} == {"demo-trainer"}, registered
 
     # Everything stopped, in reverse order, and nothing of the run is left running.
     assert "stopped: every process of the stack has exited" in out
