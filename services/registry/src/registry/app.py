@@ -29,6 +29,7 @@ from registry import api, errors
 from registry.db import SqlModelStore, make_engine
 from registry.migrations import upgrade_to_head
 from registry.outbox import OutboxDrainer
+from registry.sandbox import SandboxLimits
 from registry.service import EventTopics, Limits, RegistryService
 from registry.settings import Settings
 from registry.signing import SigningKeys
@@ -120,6 +121,9 @@ def create_app(settings: Settings) -> FastAPI:
             triton=triton,
             notify=drainer.waker(),
             signing=SigningKeys.from_dir(settings.signing_keys_dir, required=settings.require_signature),
+            sandbox=SandboxLimits(memory_bytes=settings.validation_memory_mb * 1024 * 1024,
+                                  cpu_s=settings.validation_cpu_s, timeout_s=settings.validation_timeout_s)
+            if settings.validation_sandbox else None,
         )
         app.state.service = service
         app.state.producer = producer

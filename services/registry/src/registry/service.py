@@ -45,11 +45,12 @@ from registry.errors import (
 )
 from registry.names import Alias, check_alias, check_model_name
 from registry.outbox import model_registered, rollout_changed
+from registry.sandbox import SandboxLimits, SandboxResult, validate_in_sandbox
 from registry.signing import SigningKeys
 from registry.storage import ArtifactStore
 from registry.store import ModelStore
 from registry.triton_repo import TritonControl, TritonRepository
-from registry.validation import validate_model
+from registry.validation import ValidatedModel, validate_model
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ class RegistryService:
         clock: the current time (tests pass a fixed one).
         signing: trusted artifact-signing keys and whether uploads must be signed; None
             accepts unsigned uploads and refuses signed ones (nothing to verify them with).
+        sandbox: validate uploads in a resource-limited child process (see
+            :mod:`registry.sandbox`); None validates in this process (tests of the rules).
 
     """
 
@@ -116,8 +119,10 @@ class RegistryService:
         notify: Callable[[], None] = _noop,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         signing: SigningKeys | None = None,
+        sandbox: SandboxLimits | None = None,
     ) -> None:
         self.store = store
+        self.sandbox = sandbox
         self.signing = signing or SigningKeys({}, required=False)
         self.artifacts = artifacts
         self.limits = limits
@@ -205,8 +210,14 @@ class RegistryService:
                     "model": name, "sha256": staged.sha256, "by": actor.name, "code": exc.code,
                     "key_id": signature.key_id if signature else None, "reason": str(exc)})
                 raise
-            validated = validate_model(staged.path, declared=spec.signature, min_opset=self.limits.min_opset,
-                                       max_opset=self.limits.max_opset)
+            validated: ValidatedModel | SandboxResult
+            if self.sandbox is not None:
+                validated = validate_in_sandbox(staged.path, declared=spec.signature,
+                                                min_opset=self.limits.min_opset, max_opset=self.limits.max_opset,
+                                                limits=self.sandbox)
+            else:
+                validated = validate_model(staged.path, declared=spec.signature, min_opset=self.limits.min_opset,
+                                           max_opset=self.limits.max_opset)
             self.artifacts.commit(staged)
         except RegistryError as exc:
             self.artifacts.discard(staged)

@@ -59,6 +59,18 @@ class Settings(BaseSettings):
     triton_url: str | None = None
     """Triton's HTTP endpoint (``http://host:8000``); when set, alias moves load and unload models there."""
 
+    validation_sandbox: bool = True
+    """Validate uploaded ONNX in a child process with memory, CPU and time limits (false: in-process)."""
+
+    validation_memory_mb: int = Field(default=2048, ge=512)
+    """Address space of the validation process; a model needing more is refused."""
+
+    validation_cpu_s: int = Field(default=60, ge=1)
+    """CPU seconds the validation process may use."""
+
+    validation_timeout_s: float = Field(default=120.0, gt=0)
+    """Wall-clock time validation may take."""
+
     signing_keys_dir: Path | None = None
     """Directory of trusted Ed25519 public keys (``<key id>.pub``, PEM) that may sign artifacts."""
 

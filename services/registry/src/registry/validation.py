@@ -199,6 +199,8 @@ def _side(kind: str, declared: Sequence[TensorSpec], actual: Sequence[TensorSpec
 def _run_dummy_batch(path: Path, signature: Signature, batch: int) -> None:
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = 1  # a test batch needs no parallelism; fewer threads in the sandbox
+    options.inter_op_num_threads = 1
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
