@@ -171,6 +171,7 @@ class Answer:
     status: int
     retry_after: str | None
     body: str
+    backend: str | None = None
 
 
 @dataclass
@@ -197,7 +198,8 @@ class InferLoad:
                     continue
                 with self._lock:
                     self.answers.append(Answer(t0, time.monotonic() - t0, r.status_code,
-                                               r.headers.get("retry-after"), r.text[:300]))
+                                               r.headers.get("retry-after"), r.text[:300],
+                                               r.headers.get("x-tributary-backend")))
 
     def start(self) -> InferLoad:
         self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
@@ -220,7 +222,8 @@ class InferLoad:
             w.join(120)
 
 
-def _gateway(triton: TritonServer, kafka_bootstrap: str, redis_url: str, repo: Path, logs: Path) -> ServiceProcess:
+def _gateway(triton: TritonServer, kafka_bootstrap: str, redis_url: str, repo: Path, logs: Path,
+             fallback: str = "none") -> ServiceProcess:
     rollout_topic = f"test.rollout.{uuid.uuid4().hex[:8]}"
     make_topics(kafka_bootstrap, rollout_topic)
     port = free_port()
@@ -229,7 +232,7 @@ def _gateway(triton: TritonServer, kafka_bootstrap: str, redis_url: str, repo: P
            "INFERENCE_GRPC_PORT": str(free_port()), "INFERENCE_REDIS_PREFIX": f"freeze-{uuid.uuid4().hex[:8]}:",
            "INFERENCE_ROLLOUT_TOPIC": rollout_topic, "INFERENCE_CANARY_ANALYSIS": "false",
            "INFERENCE_CONSUME_FEATURES": "false", "INFERENCE_JOIN_LABELS": "false",
-           "INFERENCE_CONSUME_REQUESTS": "false", "INFERENCE_LOG_JSON": "false", "INFERENCE_FALLBACK": "none",
+           "INFERENCE_CONSUME_REQUESTS": "false", "INFERENCE_LOG_JSON": "false", "INFERENCE_FALLBACK": fallback,
            "INFERENCE_MODEL_REPOSITORY": str(repo), "INFERENCE_BACKEND_TIMEOUT_S": str(BACKEND_TIMEOUT_S)}
     return ServiceProcess("inference", "inference", env, ready_url=f"http://127.0.0.1:{port}/readyz",
                           log_path=logs / "inference.log")
@@ -294,3 +297,58 @@ def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
     late = [a for a in answers if a.started >= first.started + 5]
     assert late and all(a.status == 200 for a in late), {(a.status, a.body) for a in late if a.status != 200}
     assert alive and gateway.process.pid == pid                               # never restarted
+
+
+def test_frozen_triton_with_the_fallback_configured_is_served_from_onnxruntime(
+        private_triton: TritonServer, kafka_bootstrap: str, redis_url: str, freezer: list[Frozen],
+        tmp_path: Path) -> None:
+    """G3 with ``INFERENCE_FALLBACK=onnxruntime``: a missed deadline switches to the fallback.
+
+    Pass: every answer is 200, each within the deadline + 1 s (a request that waited out the
+    deadline is answered by the fallback); during the freeze answers come from onnxruntime and
+    readiness stays 200 saying so; after ``SIGCONT`` Triton answers again within 5 s.
+    """
+    repo = tmp_path / "repo"
+    write_registry_model(repo, MODEL, all_versions())
+    add_model(private_triton, repo, MODEL)
+    gateway = _gateway(private_triton, kafka_bootstrap, redis_url, repo, tmp_path, fallback="onnxruntime")
+    gateway.start()
+    url = f"http://127.0.0.1:{port_of(gateway)}"
+    assert private_triton.process is not None
+    load: InferLoad | None = None
+    try:
+        r = httpx.put(f"{url}/v1/rollout/{MODEL}", json={"alias": "champion", "version": 1, "reason": "test"},
+                      timeout=30)
+        assert r.status_code == 200, r.text
+        load = InferLoad(url).start()
+        wait_for(lambda: sum(1 for a in load.answers if a.backend == "triton") >= 50,
+                 lambda: f"50 answers from Triton before the freeze (so far: {load})", 120)
+        triton = Frozen(private_triton.process.pid, group=True)
+        freezer.append(triton.stop())
+        wait_for(lambda: time.monotonic() - triton.stopped_at >= TRITON_FREEZE_S / 2, "half the freeze", 30)
+        ready = httpx.get(f"{url}/readyz", timeout=60)
+        wait_for(lambda: time.monotonic() - triton.stopped_at >= TRITON_FREEZE_S, "the whole freeze", 30)
+        triton.resume()
+        resumed = triton.resumed_at
+        assert resumed is not None
+        back = wait_for(lambda: next((a for a in load.since(resumed) if a.backend == "triton"), None),
+                        "an answer from Triton after it resumed", 60)
+    finally:
+        if load is not None:
+            load.stop()
+        for f in freezer:
+            f.resume()
+        gateway.stop()
+
+    answers = load.answers
+    during = [a for a in answers if triton.stopped_at + BACKEND_TIMEOUT_S + SLACK_S <= a.started < resumed]
+    print(f"answers={len(answers)} during freeze={len(during)} backends during="
+          f"{sorted({str(a.backend) for a in during})} slowest={max(a.seconds for a in answers):.2f}s; "
+          f"Triton again {back.started + back.seconds - resumed:.2f}s after resume")
+    assert load.failures == []
+    assert {a.status for a in answers} == {200}, {(a.status, a.body) for a in answers if a.status != 200}
+    assert max(a.seconds for a in answers) <= BACKEND_TIMEOUT_S + SLACK_S
+    assert during and {a.backend for a in during} == {"onnxruntime"}, {a.backend for a in during}
+    assert ready.status_code == 200 and "fallback" in ready.json()["reason"], ready.text
+    assert back.started + back.seconds - resumed <= 5.0
+

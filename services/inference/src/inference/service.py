@@ -147,7 +147,8 @@ class InferenceService:
     Args:
         rollout: the routing table.
         backend: Triton.
-        fallback: the in-process backend used when Triton is unreachable, or None (503 instead).
+        fallback: the in-process backend used when Triton is unreachable or misses the deadline (a
+            frozen or stuck Triton), or None (503/504 instead).
         mirror: the shadow and comparison queue.
         predictions: where prediction events go.
         stats: canary evidence.
@@ -283,10 +284,10 @@ class InferenceService:
         else:
             try:
                 found = await self.backend.signature(model, version)
-            except BackendUnavailable:
-                self._mark_down()
+            except (BackendUnavailable, BackendTimeout):
                 if self.fallback is None:
                     raise
+                self._mark_down()
                 found = await self.fallback.signature(model, version)
         self._signatures[key] = found
         return found
@@ -307,6 +308,13 @@ class InferenceService:
                 self._mark_down()
                 if self.fallback is None:
                     raise
+            except BackendTimeout:
+                # A frozen or stuck Triton keeps its connections and answers nothing: with a
+                # fallback, this request is answered from it and Triton is skipped for the
+                # breaker's time (as when unreachable); without one the caller gets the 504.
+                if self.fallback is None:
+                    raise
+                self._mark_down()
         elif self.fallback is None:
             raise BackendUnavailable("Triton was unreachable moments ago and this gateway has no fallback "
                                      "(INFERENCE_FALLBACK=none); retry shortly")
