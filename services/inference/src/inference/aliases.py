@@ -74,6 +74,10 @@ class AliasMove:
         return AliasChange(self.alias, self.target.version, weight)
 
 
+class AliasMovedMeanwhile(Exception):
+    """The registry refused a conditional alias change (412): the alias moved since it was read."""
+
+
 class AliasWriter(Protocol):
     """Makes alias changes (:class:`RegistryAliases` or :class:`LocalAliases`)."""
 
@@ -120,21 +124,6 @@ class RegistryAliases:
         self._retries = retries
         self._backoff_s = backoff_s
 
-    async def current(self, model: str) -> dict[str, AliasTarget]:
-        """Where each alias of ``model`` points in the registry (unset aliases are absent).
-
-        Raises:
-            ModelNotFound: the registry does not know the model.
-            RegistryUnavailable, RegistryRefused.
-
-        """
-        body = await self._call("GET", f"/v1/models/{model}")
-        aliases = body.get("aliases") if isinstance(body, dict) else None
-        if not isinstance(aliases, dict):
-            raise RegistryRefused(f"the registry's answer for model {model!r} has no 'aliases'; is {self.base_url} "
-                                  "a Tributary registry?")
-        return {name: AliasTarget(int(state["version"]), state.get("weight")) for name, state in aliases.items()}
-
     async def move(self, model: str, moves: Sequence[AliasMove], *, reason: str, changed_by: str,
                    expected_revision: int | None = None) -> None:
         """Make ``moves`` through the registry, in order; moves already made are skipped.
@@ -145,7 +134,7 @@ class RegistryAliases:
         text = reason if changed_by in reason else f"{reason} [{changed_by}]"
         for m in moves:
             m.change().checked()
-            now = (await self.current(model)).get(m.alias, AliasTarget(None))
+            now, etag = await self.alias(model, m.alias)
             if now.same_as(m.target):
                 continue
             if m.expect is not None and not now.same_as(m.expect):
@@ -153,15 +142,47 @@ class RegistryAliases:
                     f"the registry's {m.alias} of {model!r} is now {_show(now)}, not {_show(m.expect)} as when the "
                     "change was decided; the change is dropped, a new decision will follow")
             path = f"/v1/models/{model}/aliases/{m.alias}"
-            if m.target.version is None:
-                await self._call("DELETE", path, params={"reason": text}, absent_ok=True)
-            else:
-                body: dict[str, Any] = {"version": m.target.version, "reason": text}
-                if m.alias == "canary":
-                    body["weight"] = m.target.weight
-                await self._call("PUT", path, json=body)
+            # Conditional on what was just read: a change made in between (another replica, an
+            # operator) makes the registry answer 412 instead of being overwritten.
+            headers = {"If-Match": etag}
+            try:
+                if m.target.version is None:
+                    await self._call("DELETE", path, params={"reason": text}, headers=headers, absent_ok=True)
+                else:
+                    body: dict[str, Any] = {"version": m.target.version, "reason": text}
+                    if m.alias == "canary":
+                        body["weight"] = m.target.weight
+                    await self._call("PUT", path, json=body, headers=headers)
+            except AliasMovedMeanwhile:
+                again, _ = await self.alias(model, m.alias)
+                if not again.same_as(m.target):   # not our own earlier attempt, whose answer was lost
+                    raise RolloutConflict(
+                        f"the registry's {m.alias} of {model!r} changed to {_show(again)} while this change was "
+                        "being made; the change is dropped, a new decision will follow") from None
+
+    async def alias(self, model: str, alias: Alias) -> tuple[AliasTarget, str]:
+        """Where ``alias`` of ``model`` points in the registry, and its ETag (for ``If-Match``)."""
+        response = await self._request("GET", f"/v1/models/{model}/aliases/{alias}")
+        if response.status_code == 404 and _error(response)[1] == "alias_not_set":
+            return AliasTarget(None), '"none"'
+        if response.status_code >= 300:
+            _raise("GET", f"/v1/models/{model}/aliases/{alias}", response.status_code, _error(response)[0])
+        state = response.json()
+        return AliasTarget(int(state["version"]), state.get("weight")), response.headers.get("etag", "*")
 
     async def _call(self, method: str, path: str, *, absent_ok: bool = False, **kwargs: Any) -> Any:
+        response = await self._request(method, path, **kwargs)
+        if response.status_code < 300:
+            return response.json() if response.content else None
+        error = _error(response)
+        if absent_ok and response.status_code == 404 and error[1] == "alias_not_set":
+            return None
+        if response.status_code == 412:
+            raise AliasMovedMeanwhile(error[0])
+        _raise(method, path, response.status_code, error[0])
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The registry's answer (below 500 and not 429), after retries with backoff."""
         last = ""
         for attempt in range(self._retries + 1):
             if attempt:
@@ -174,12 +195,7 @@ class RegistryAliases:
             if response.status_code >= 500 or response.status_code == 429:
                 last = f"HTTP {response.status_code}: {response.text[:300]}"
                 continue
-            if response.status_code < 300:
-                return response.json() if response.content else None
-            error = _error(response)
-            if absent_ok and response.status_code == 404 and error[1] == "alias_not_set":
-                return None
-            _raise(method, path, response.status_code, error[0])
+            return response
         raise RegistryUnavailable(f"the registry at {self.base_url} did not answer {method} {path} after "
                                   f"{self._retries + 1} attempts ({last}); the change is kept and retried")
 

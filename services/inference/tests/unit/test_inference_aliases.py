@@ -13,13 +13,26 @@ from inference.aliases import AliasMove, AliasTarget, RegistryAliases
 from inference.errors import RegistryRefused, RegistryUnavailable, RolloutConflict
 
 
+def _etag(state: dict[str, Any] | None) -> str:
+    if state is None:
+        return '"none"'
+    return f'"{state["version"]};w={state["weight"]!r}"' if state.get("weight") is not None else f'"{state["version"]}"'
+
+
 class FakeRegistry:
-    """Answers the registry's alias routes from a dict; can fail the first ``fail`` requests with 503."""
+    """Answers the registry's alias routes from a dict, with ETags and If-Match as the registry does.
+
+    It can fail the first ``fail`` requests with 503, answer everything with ``status``, run
+    ``before_write`` ahead of each change (another writer getting in between), or apply a change
+    and then answer 503 (``lose_answer``: the answer lost on the way back).
+    """
 
     def __init__(self, aliases: dict[str, dict[str, Any]], *, fail: int = 0, status: int | None = None) -> None:
         self.aliases = aliases
         self.fail = fail
         self.status = status
+        self.before_write: Any = None
+        self.lose_answer = 0
         self.calls: list[tuple[str, str]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -30,17 +43,26 @@ class FakeRegistry:
         if self.status is not None:
             return httpx.Response(self.status, json={"error": "the bearer token is unknown or revoked"})
         assert request.headers["authorization"] == "Bearer secret"
-        parts = request.url.path.split("/")
+        alias = request.url.path.split("/")[-1]
         if request.method == "GET":
-            return httpx.Response(200, json={"name": "m", "aliases": self.aliases})
-        alias = parts[-1]
+            if alias not in self.aliases:
+                return httpx.Response(404, json={"error": "not set", "code": "alias_not_set"})
+            return httpx.Response(200, json=self.aliases[alias], headers={"etag": _etag(self.aliases[alias])})
+        if self.before_write is not None:
+            self.before_write(self.aliases)
+            self.before_write = None
+        if request.headers.get("if-match") not in (None, _etag(self.aliases.get(alias))):
+            return httpx.Response(412, json={"error": "alias moved", "code": "alias_changed"})
         if request.method == "DELETE":
             if alias not in self.aliases:
                 return httpx.Response(404, json={"error": "not set", "code": "alias_not_set"})
             del self.aliases[alias]
-            return httpx.Response(200, json={})
-        body = json.loads(request.content)
-        self.aliases[alias] = {"version": body["version"], "weight": body.get("weight")}
+        else:
+            body = json.loads(request.content)
+            self.aliases[alias] = {"version": body["version"], "weight": body.get("weight")}
+        if self.lose_answer:
+            self.lose_answer -= 1
+            return httpx.Response(503, json={"error": "proxy timeout"})
         return httpx.Response(200, json={})
 
 
@@ -90,3 +112,26 @@ def test_a_refused_token_says_which_setting_to_fix() -> None:
     with pytest.raises(RegistryRefused, match="INFERENCE_REGISTRY_TOKEN"):
         asyncio.run(_writer(fake).move("m", [AliasMove("champion", AliasTarget(2))], reason="x", changed_by="op"))
     assert len(fake.calls) == 1  # a refusal is not retried
+
+
+def test_a_change_made_between_the_read_and_the_write_is_not_overwritten() -> None:
+    fake = FakeRegistry({"champion": {"version": 1, "weight": None}, "canary": {"version": 2, "weight": 1.0}})
+
+    def operator_rolls_back_the_canary(aliases: dict[str, dict[str, Any]]) -> None:
+        aliases["canary"] = {"version": 3, "weight": 0.05}
+
+    fake.before_write = lambda aliases: None  # the champion move goes through
+    writer = _writer(fake)
+    asyncio.run(writer.move("m", PROMOTE[:1], reason="healthy", changed_by="analysis"))
+    fake.before_write = operator_rolls_back_the_canary
+    with pytest.raises(RolloutConflict, match="changed to v3"):
+        asyncio.run(writer.move("m", PROMOTE[1:], reason="healthy", changed_by="analysis"))
+    assert fake.aliases["canary"] == {"version": 3, "weight": 0.05}
+
+
+def test_a_change_whose_answer_was_lost_is_not_taken_for_a_conflict() -> None:
+    fake = FakeRegistry({"champion": {"version": 1, "weight": None}, "canary": {"version": 2, "weight": 1.0}})
+    fake.lose_answer = 1  # the champion move is made, its answer lost; the retry meets its own change
+    asyncio.run(_writer(fake).move("m", PROMOTE, reason="healthy", changed_by="analysis"))
+    assert fake.aliases == {"champion": {"version": 2, "weight": None}}
+

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Annotated, BinaryIO
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas.signing import ArtifactSignature
@@ -200,9 +200,11 @@ async def download_artifact(
 
 
 @router.get("/models/{name}/aliases/{alias}")
-async def get_alias(name: str, alias: str, service: ServiceDep) -> AliasPublic:
-    """Where an alias points."""
-    return AliasPublic(**(await run_in_threadpool(service.get_alias, name, alias)).model_dump())
+async def get_alias(name: str, alias: str, service: ServiceDep, response: Response) -> AliasPublic:
+    """Where an alias points; ``ETag`` is its target, for a conditional change (``If-Match``)."""
+    state = await run_in_threadpool(service.get_alias, name, alias)
+    response.headers["ETag"] = state.etag
+    return AliasPublic(**state.model_dump())
 
 
 @router.get("/models/{name}/aliases/{alias}/version")
@@ -212,13 +214,17 @@ async def resolve_alias(name: str, alias: str, service: ServiceDep) -> VersionPu
     return _public(await run_in_threadpool(service.get_version, name, state.version))
 
 
+IfMatch = Annotated[str | None, Header(
+    description='Change only if the alias still has this ETag (`"none"` when unset); 412 otherwise.')]
+
+
 @router.put("/models/{name}/aliases/{alias}")
 async def set_alias(name: str, alias: str, body: AliasUpdate, service: ServiceDep,
-                    actor: PrincipalDep) -> AliasChangePublic:
+                    actor: PrincipalDep, if_match: IfMatch = None) -> AliasChangePublic:
     """Point an alias at a version (operator role); recorded and published."""
     change = await run_in_threadpool(
         service.set_alias, name=name, alias=alias, version=body.version, weight=body.weight, reason=body.reason,
-        actor=actor,
+        actor=actor, if_match=if_match,
     )
     return AliasChangePublic(**change.model_dump())
 
@@ -227,9 +233,11 @@ async def set_alias(name: str, alias: str, body: AliasUpdate, service: ServiceDe
 async def remove_alias(
     name: str, alias: str, service: ServiceDep, actor: PrincipalDep,
     reason: Annotated[str, Query(min_length=1, max_length=4096, description="Why; recorded.")],
+    if_match: IfMatch = None,
 ) -> AliasChangePublic:
     """Make an alias point nowhere (operator role); recorded and published."""
-    change = await run_in_threadpool(service.remove_alias, name=name, alias=alias, reason=reason, actor=actor)
+    change = await run_in_threadpool(service.remove_alias, name=name, alias=alias, reason=reason, actor=actor,
+                                     if_match=if_match)
     return AliasChangePublic(**change.model_dump())
 
 

@@ -46,6 +46,7 @@ STATUS: dict[type[errors.RegistryError], int] = {
     errors.PermissionDenied: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.AliasChanged: 412,
     errors.ArtifactTooLarge: 413,
     errors.InvalidModel: 422,
     errors.SignatureRequired: 422,

@@ -53,8 +53,9 @@ from registry.domain import (
     Principal,
     Role,
     VersionSpec,
+    alias_etag,
 )
-from registry.errors import AliasNotSet, Conflict, ModelNotFound, StorageError, VersionNotFound
+from registry.errors import AliasChanged, AliasNotSet, Conflict, ModelNotFound, StorageError, VersionNotFound
 from registry.names import Alias, check_alias
 from registry.store import AliasEvents, ServingGuard, VersionEvents
 
@@ -403,11 +404,17 @@ class SqlModelStore:
         changed_at: datetime,
         events: AliasEvents,
         guard: ServingGuard | None = None,
+        if_match: str | None = None,
     ) -> AliasChange:
         """See :meth:`registry.store.ModelStore.move_alias`."""
         with self._session() as session:
             model = self._model(session, name, lock=True)
             current = session.get(AliasRow, (model.id, alias))
+            if if_match is not None:
+                now = alias_etag(None, None) if current is None else alias_etag(current.version, current.weight)
+                if if_match not in ("*", now):
+                    raise AliasChanged(f"alias {alias!r} of model {name!r} is now {now}, not {if_match} as the "
+                                       "change expected (If-Match); read it again and decide anew")
             serving = self._serving(session, model)
             if version is None:
                 if current is None:

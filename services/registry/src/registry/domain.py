@@ -112,6 +112,17 @@ class ModelVersion(BaseModel):
         return Signature(inputs=self.inputs, outputs=self.outputs)
 
 
+def alias_etag(version: int | None, weight: float | None) -> str:
+    """The entity tag of an alias's target: ``"none"``, ``"3"`` or, for a weighted canary, ``"3;w=0.25"``.
+
+    Sent as ``ETag`` by ``GET .../aliases/{alias}`` and compared with ``If-Match`` by the alias
+    changes, so a writer can change an alias only if it still points where the writer last saw it.
+    """
+    if version is None:
+        return '"none"'
+    return f'"{version};w={weight!r}"' if weight is not None else f'"{version}"'
+
+
 class AliasState(BaseModel):
     """Where an alias points now."""
 
@@ -124,6 +135,11 @@ class AliasState(BaseModel):
     changed_by: str
     reason: str
     changed_at: AwareDatetime
+
+    @property
+    def etag(self) -> str:
+        """See :func:`alias_etag`."""
+        return alias_etag(self.version, self.weight)
 
 
 class AliasChange(BaseModel):

@@ -80,6 +80,12 @@ class SignatureConflict(Conflict):
     code = "signature_conflict"
 
 
+class AliasChanged(RegistryError):
+    """The alias no longer points where the change's ``If-Match`` says it did."""
+
+    code = "alias_changed"
+
+
 class ArtifactTooLarge(RegistryError):
     """The upload is larger than the configured limit."""
 

@@ -242,9 +242,13 @@ class RegistryService:
     # -- aliases --------------------------------------------------------------------------------
 
     def set_alias(
-        self, *, name: str, alias: str, version: int, weight: float | None, reason: str, actor: Principal
+        self, *, name: str, alias: str, version: int, weight: float | None, reason: str, actor: Principal,
+        if_match: str | None = None,
     ) -> AliasChange:
         """Point ``alias`` of ``name`` at ``version``; ``weight`` (0..1] is the canary's traffic share.
+
+        ``if_match``: change only if the alias's entity tag (:func:`registry.domain.alias_etag`)
+        is this one (compare-and-set; ``AliasChanged`` otherwise).
 
         Raises:
             PermissionDenied: ``actor`` is not an operator.
@@ -258,9 +262,11 @@ class RegistryService:
         check_model_name(name)
         checked = check_alias(alias)
         self._check_weight(checked, weight)
-        return self._move(name=name, alias=checked, version=version, weight=weight, reason=reason, actor=actor)
+        return self._move(name=name, alias=checked, version=version, weight=weight, reason=reason, actor=actor,
+                          if_match=if_match)
 
-    def remove_alias(self, *, name: str, alias: str, reason: str, actor: Principal) -> AliasChange:
+    def remove_alias(self, *, name: str, alias: str, reason: str, actor: Principal,
+                     if_match: str | None = None) -> AliasChange:
         """Make ``alias`` point nowhere (for example to end a canary).
 
         Raises:
@@ -270,7 +276,7 @@ class RegistryService:
         self._require(actor, Role.OPERATOR)
         check_model_name(name)
         return self._move(name=name, alias=check_alias(alias), version=None, weight=None, reason=reason,
-                          actor=actor)
+                          actor=actor, if_match=if_match)
 
     def rollback(
         self, *, name: str, alias: str, reason: str, actor: Principal, to_version: int | None = None
@@ -323,7 +329,8 @@ class RegistryService:
             raise InvalidRequest(f"only canary takes a traffic weight; {alias} gets all or mirrored traffic")
 
     def _move(
-        self, *, name: str, alias: Alias, version: int | None, weight: float | None, reason: str, actor: Principal
+        self, *, name: str, alias: Alias, version: int | None, weight: float | None, reason: str, actor: Principal,
+        if_match: str | None = None,
     ) -> AliasChange:
         if not reason.strip():
             raise InvalidRequest("say why: every alias change needs a reason, it goes into the audit log")
@@ -333,6 +340,7 @@ class RegistryService:
         change = self.store.move_alias(
             name=name, alias=alias, version=version, weight=weight, changed_by=actor.name, reason=reason.strip(),
             changed_at=self.clock(), events=lambda c: [rollout_changed(c, topic=topic)], guard=_one_signature,
+            if_match=if_match,
         )
         metrics.ALIAS_CHANGES.labels(alias=alias).inc()
         self.notify()

@@ -67,10 +67,15 @@ class ModelStore(Protocol):
         changed_at: datetime,
         events: AliasEvents,
         guard: ServingGuard | None = None,
+        if_match: str | None = None,
     ) -> AliasChange:
         """Point ``alias`` at ``version`` (remove it when None), record the change and its events.
 
+        ``if_match`` (an :func:`registry.domain.alias_etag`) makes the change conditional on where
+        the alias points, checked under the model's lock.
+
         Raises:
+            AliasChanged: the alias no longer matches ``if_match``.
             ModelNotFound: no such model.
             VersionNotFound: no such version of the model.
             AliasNotSet: removing an alias that points nowhere.
