@@ -8,10 +8,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from schemas.envelope import Envelope, event_class, event_types
 from schemas.ingest import FeatureEventV1
-from tributary_kit.codec import PoisonMessage, decode, decode_any, encode, encode_event, encode_event_dicts
+from tributary_kit.codec import (
+    PoisonMessage,
+    decode,
+    decode_any,
+    encode,
+    encode_event,
+    encode_event_dicts,
+    encode_event_payloads,
+)
 
 GOLDEN = Path(__file__).resolve().parents[2] / "schemas" / "tests" / "golden"
 
@@ -69,3 +78,21 @@ def test_encode_event_dicts_gives_the_same_bytes_as_encode_event_per_event() -> 
     assert batch == [encode_event(e, event_id=e.event_id, source="ingest", occurred_at=now,
                                   traceparent="00-ab-cd-01", event_type="features") for e in events]
     assert encode_event_dicts([], source="ingest", occurred_at=now, event_type="features") == []
+
+
+@pytest.mark.parametrize("traceparent", ["00-ab-cd-01", None])
+def test_encode_event_payloads_gives_the_same_bytes_as_encode_event_dicts(traceparent: str | None) -> None:
+    now = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+    payloads = [
+        dict(FeatureEventV1(event_id=f"e-{i}", dataset="credit", entity_id=f"c-{i}", event_time=now,
+                            features={"income": i * 1.5, "segment": "\"a\"", "n": i}, label=i % 2).__dict__)
+        for i in range(4)
+    ]
+    spliced = encode_event_payloads([orjson.dumps(p) for p in payloads], [p["event_id"] for p in payloads],
+                                    source="ingest", occurred_at=now, traceparent=traceparent,
+                                    event_type=FeatureEventV1.EVENT_TYPE)
+    assert spliced == encode_event_dicts(payloads, source="ingest", occurred_at=now, traceparent=traceparent,
+                                         event_type=FeatureEventV1.EVENT_TYPE)
+    assert decode(spliced[1], FeatureEventV1).payload == FeatureEventV1.model_validate(payloads[1])
+    with pytest.raises(ValueError, match="zip"):
+        encode_event_payloads([b"{}"], [], source="ingest", occurred_at=now, event_type="features")

@@ -148,7 +148,7 @@ async def _events(request: Request, kind: Kind, *, batch: bool, service: IngestS
             raise
         if isinstance(rows, Checked):
             metrics.BATCH_EVENTS.observe(len(rows.events))
-            result = await service.publish_checked(kind, rows.events, origin="http")
+            result = await service.publish_checked(kind, rows.events, rows.payloads, origin="http")
         else:
             metrics.BATCH_EVENTS.observe(len(rows))
             result = await service.ingest(kind, rows, origin="http")

@@ -17,7 +17,7 @@ import orjson
 
 from ingest.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ingest.service import Row
-from ingest.spec_models import BatchValidator
+from ingest.spec_models import BatchValidator, FeatureEventStruct
 from ingest.validation import Kind, parse_many_json, parse_one_json
 
 JSON_TYPES = {"application/json"}
@@ -92,10 +92,11 @@ def decode_single(body: bytes, content_type: str | None, kind: Kind) -> Row:
 class Checked:
     """A whole batch the compiled validator took: every event meets its dataset's spec.
 
-    Each event is a dict of the feature contract's fields (defaults filled in), ready to encode.
+    ``payloads`` holds each event's JSON payload (the contract's fields, defaults filled in).
     """
 
-    events: list[dict[str, Any]]
+    events: list[FeatureEventStruct]
+    payloads: list[bytes]
 
 
 def decode_batch(body: bytes, content_type: str | None, kind: Kind, *, max_events: int,
@@ -115,12 +116,12 @@ def decode_batch(body: bytes, content_type: str | None, kind: Kind, *, max_event
     rows: list[Row]
     if media in JSON_TYPES:
         checked = compiled.validate_json(body) if compiled is not None and kind == "features" else None
-        if checked is not None:
+        if compiled is not None and checked is not None:
             if len(checked) > max_events:
                 raise PayloadTooLarge(f"batch of {len(checked)} events is over the limit of {max_events}; split it")
             if not checked:
                 raise BadRequest("the batch is empty", code="empty_batch")
-            return Checked(checked)
+            return Checked(checked, compiled.payloads(checked))
         events = parse_many_json(body, kind)
         if events is not None:
             if len(events) > max_events:

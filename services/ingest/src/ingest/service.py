@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -18,14 +18,14 @@ from typing import Any, Literal
 from opentelemetry import trace
 from schemas.deadletter import Problem
 from schemas.topics import FEATURES, LABELS, dlq
-from tributary_kit.codec import encode, encode_event, encode_event_dicts
+from tributary_kit.codec import encode, encode_event, encode_event_payloads
 from tributary_kit.deadletter import dead_letter
 from tributary_kit.producer import AsyncProducer, ProducerQueueFull, Record, RecordTuple, Sent
 from tributary_kit.telemetry import current_traceparent
 
 from ingest import metrics
 from ingest.errors import BrokerUnavailable, Overloaded
-from ingest.spec_models import BatchValidator
+from ingest.spec_models import BatchValidator, FeatureEventStruct
 from ingest.validation import DataEvent, Kind, SpecLookup, check_event, validate_row
 
 log = logging.getLogger(__name__)
@@ -121,13 +121,13 @@ class IngestService:
         """The compiled validator of JSON feature batches, when the service has one."""
         return self._compiled() if self._compiled is not None else None
 
-    async def publish_checked(self, kind: Kind, events: Sequence[Mapping[str, Any]], *,
+    async def publish_checked(self, kind: Kind, events: Sequence[FeatureEventStruct], payloads: Sequence[bytes], *,
                               origin: Origin) -> IngestResult:
         """Publish ``events`` that were already validated against their datasets' specs.
 
         The path of batches the compiled validator took whole (see :mod:`ingest.spec_models`):
-        the events are dicts of the contract's fields; no per-row checks, one envelope encoding
-        pass, one producer batch.
+        ``payloads`` holds each event's JSON as the validator encoded it; no per-row checks, one
+        envelope pass, one producer batch.
 
         Raises:
             Overloaded: the producer queue stayed full; ``accepted`` lists what was published.
@@ -138,11 +138,11 @@ class IngestService:
         with self._tracer.start_as_current_span(
             "ingest.batch", attributes={"ingest.kind": kind, "ingest.origin": origin, "ingest.rows": len(events)}
         ):
-            values = encode_event_dicts(events, event_type=topic, source=self._source, occurred_at=datetime.now(UTC),
-                                        traceparent=current_traceparent())
-            records = [(topic, value, event["entity_id"]) for value, event in zip(values, events, strict=True)]
-            await self._publish(records, [e["event_id"] for e in events], result, kind=kind, origin=origin,
-                                dlq_topic=dlq(topic))
+            event_ids = [e.event_id for e in events]
+            values = encode_event_payloads(payloads, event_ids, event_type=topic, source=self._source,
+                                           occurred_at=datetime.now(UTC), traceparent=current_traceparent())
+            records = [(topic, value, event.entity_id) for value, event in zip(values, events, strict=True)]
+            await self._publish(records, event_ids, result, kind=kind, origin=origin, dlq_topic=dlq(topic))
         return result
 
     async def ingest(self, kind: Kind, rows: Sequence[Row], *, origin: Origin,
@@ -219,7 +219,7 @@ class IngestService:
         metrics.DEAD_LETTERS.labels(dlq(topic)).inc()
         return True
 
-    async def _publish(self, records: Sequence[RecordTuple], event_ids: list[str | None], result: IngestResult, *,
+    async def _publish(self, records: Sequence[RecordTuple], event_ids: Sequence[str | None], result: IngestResult, *,
                        kind: Kind, origin: Origin, dlq_topic: str) -> None:
         try:
             sent = await self._producer.send_batch(records)

@@ -27,7 +27,7 @@ from tributary_kit.telemetry import current_traceparent
 
 from ingest import metrics
 from ingest.errors import BrokerUnavailable, SpecConflict, UnknownDataset
-from ingest.spec_models import BatchValidator, feature_event_type
+from ingest.spec_models import BatchValidator, feature_event_types
 from ingest.validation import CompiledSpec
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,8 @@ class SpecCatalogue:
             elif current is None or entry.revision >= current.revision:
                 self._specs[name] = entry
                 self._compiled[name] = CompiledSpec(entry.spec)
-                self._models[name] = feature_event_type(entry.spec)
+                self._models.pop(name, None)
+                self._models.update(feature_event_types([entry.spec]))
             self._batch_validator = None
         metrics.DATASETS.set(len(self._specs))
 

@@ -1,6 +1,6 @@
 """The compiled batch validator accepts only what the row-by-row path accepts, with the same event.
 
-The compiled models are an optimisation: a batch they refuse goes to the row path, so they may
+The compiled structs are an optimisation: a batch they refuse goes to the row path, so they may
 be stricter but never looser, and an event they accept must equal the row path's event value for
 value and JSON type (an integer stays an integer). The row path is the reference here.
 """
@@ -12,11 +12,13 @@ import json
 import re
 from typing import Any
 
+import msgspec
 import pytest
-from ingest.spec_models import BatchValidator, feature_event_type
+from ingest.spec_models import BatchValidator, FeatureEventStruct, feature_event_type, feature_event_types
 from ingest.validation import CompiledSpec, validate_row
 from schemas.dataset import DatasetSpec
-from tributary_kit.codec import encode_event, encode_event_dicts
+from schemas.ingest import FeatureEventV1
+from tributary_kit.codec import decode, encode_event, encode_event_payloads
 
 SPECS = [
     DatasetSpec.model_validate({
@@ -45,17 +47,19 @@ COMPILED = {s.name: CompiledSpec(s) for s in SPECS}
 VALIDATOR = BatchValidator(feature_event_type(s) for s in SPECS)
 
 FEATURE_VALUES: dict[str, list[Any]] = {
-    "income": [0, 1, 1e6, 1_000_000, 1_000_001, 1e6 + 0.5, -1, -0.0, 3.25, "3", None, True, [1], {"a": 1}],
+    "income": [0, 1, 1e6, 1_000_000, 1_000_001, 1e6 + 0.5, -1, -0.0, 3.25, "3", None, True, [1], {"a": 1},
+               float("nan"), float("inf"), float("-inf")],
     "ratio": [-1.5, -2, -1, 2, 2.5, 3, 0.1, None, "x", False],
     "age": [30, 30.5, -4, None, "30", 10**30, 2**63 - 1, 2**63, -(2**63), 2**53 + 1],
     "segment": ["a", "b", "1", 1, "c", None, "A", True],
     "note": ["anything", "", None, 5],
-    "x": [0, -1, 1.5, -0.5, None, "1", 10**20, 1e300, 123456789012345.5],
+    "x": [0, -1, 1.5, -0.5, None, "1", 10**20, 1e300, 123456789012345.5, 2**64, -(2**63) - 1, float("nan"),
+          False, 1e-320],
 }
 LABELS: dict[str, list[Any]] = {
     "credit": [0, 1, True, False, 1.0, 0.0, 2, -1, "1", "yes", None],
     "tiers": ["gold", "Gold", 2, 3, 2.0, "2", 4, True, None],
-    "price": [0, 100, 100.5, 50.25, -0.1, 101, True, "5", None, 10**19],
+    "price": [0, 100, 100.5, 50.25, -0.1, 101, True, "5", None, 10**19, float("inf"), 99.99999999999999],
 }
 
 
@@ -90,6 +94,13 @@ def _candidates() -> list[dict[str, Any]]:
         out.append({**_event(spec.name, base), "event_time": "2026-11-22T03:00:00"})
         out.append({**_event(spec.name, base), "event_id": "bad id"})
         out.append({**_event(spec.name, base), "entity_id": ""})
+        out.append({**_event(spec.name, base), "event_id": "e-1\n"})
+        out.append({**_event(spec.name, base), "event_id": "x" * 129})
+        out.append({**_event(spec.name, base), "entity_id": "c" * 257})
+        out.append({**_event(spec.name, base), "event_id": 5})
+        for when in ("2026-11-22T03:00:00.1234567+00:00", "2026-11-22T03:00:00.123456Z", "2026-11-22T05:30:00+02:30",
+                     "2026-11-22 03:00:00Z", "2026-02-30T03:00:00Z", "2026-11-22T03:00:00-00:00", 1_700_000_000):
+            out.append({**_event(spec.name, base), "event_time": when})
     out.append(_event("unknown", {"x": 1}))
     return out
 
@@ -101,13 +112,21 @@ def _reference(event: dict[str, Any]) -> Any:
 def _wire(event: Any) -> bytes:
     """The record the row path publishes for its event model."""
     return encode_event(event, event_id=event.event_id, source="ingest",
-                        occurred_at=event.event_time, event_type="t")
+                        occurred_at=event.event_time, event_type=FeatureEventV1.EVENT_TYPE)
 
 
-def _wire_compiled(event: dict[str, Any]) -> bytes:
-    """The record the compiled path publishes for its event dict."""
-    (value,) = encode_event_dicts([event], event_type="t", source="ingest", occurred_at=event["event_time"])
+def _wire_compiled(event: FeatureEventStruct) -> bytes:
+    """The record the compiled path publishes for its event struct."""
+    (value,) = encode_event_payloads(VALIDATOR.payloads([event]), [event.event_id],
+                                     event_type=FeatureEventV1.EVENT_TYPE,
+                                     source="ingest", occurred_at=event.event_time)  # type: ignore[attr-defined]
     return value
+
+
+def _payload(event: FeatureEventStruct) -> dict[str, Any]:
+    """The compiled event as the JSON values its payload carries."""
+    payload: dict[str, Any] = json.loads(VALIDATOR.payloads([event])[0])
+    return payload
 
 
 @pytest.mark.parametrize("candidate", _candidates(), ids=lambda c: json.dumps(c, sort_keys=True)[:90])
@@ -118,12 +137,17 @@ def test_compiled_validator_never_accepts_more_than_the_row_path(candidate: dict
         return  # the row path decides; nothing to compare
     assert not isinstance(reference, list), f"compiled accepted what the row path refuses: {reference}"
     (event,) = compiled
-    # The same envelope and payload (object keys may come in another order: JSON objects are unordered).
-    assert json.loads(_wire_compiled(event)) == json.loads(_wire(reference))
+    # The same envelope and payload once read (object keys may come in another order and a UTC
+    # time may be written "Z" or "+00:00": both are the same JSON event).
+    wire, reference_wire = _wire_compiled(event), _wire(reference)
+    assert decode(wire, FeatureEventV1) == decode(reference_wire, FeatureEventV1)
+    payload, reference_payload = json.loads(wire)["payload"], json.loads(reference_wire)["payload"]
+    assert {k: v for k, v in payload.items() if k != "event_time"} == {
+        k: v for k, v in reference_payload.items() if k != "event_time"}
     for name, value in reference.features.items():
-        assert type(event["features"][name]) is type(value), name
-    assert type(event["label"]) is type(reference.label)
-    assert set(event) == set(type(reference).model_fields)
+        assert type(payload["features"][name]) is type(value), name
+    assert type(payload["label"]) is type(reference.label)
+    assert set(payload) == set(type(reference).model_fields)
 
 
 def test_compiled_validator_takes_the_common_valid_events() -> None:
@@ -131,18 +155,20 @@ def test_compiled_validator_takes_the_common_valid_events() -> None:
     valid = [c for c in _candidates() if not isinstance(_reference(c), list)]
     taken = [c for c in valid if VALIDATOR.validate_json(json.dumps([c]).encode()) is not None]
     assert len(valid) > 40
-    # What the compiled path leaves to the row path on purpose: float class labels (1.0, 0.0)
-    # and numbers of 16 or more digits (possibly beyond a float's exact range).
+    # What the compiled path leaves to the row path on purpose: float class labels (1.0, 0.0),
+    # times with more than six fractional digits (rounded by one, cut by the other) and times
+    # given as Unix timestamps.
     left = [c for c in valid if c not in taken]
-    assert all(isinstance(c.get("label"), float) or re.search(r"\d{16}", json.dumps(c)) for c in left), left
-    assert len(left) <= 6
+    assert all(isinstance(c.get("label"), float) or not isinstance(c["event_time"], str)
+               or re.search(r"\.\d{7}", c["event_time"]) for c in left), left
+    assert len(left) <= 9
 
 
 def test_mixed_datasets_in_one_batch_are_validated_in_one_pass() -> None:
     batch = [_event(s.name, _valid_features(s.name)) for s in SPECS] * 3
     events = VALIDATOR.validate_json(json.dumps(batch).encode())
     assert events is not None
-    assert [e["dataset"] for e in events] == [e["dataset"] for e in batch]
+    assert [_payload(e)["dataset"] for e in events] == [e["dataset"] for e in batch]
 
 
 @pytest.mark.parametrize(("dataset", "mutation"), list(itertools.product(
@@ -155,3 +181,71 @@ def test_one_bad_row_sends_the_batch_to_the_row_path(dataset: str, mutation: str
 
 def test_without_specs_nothing_is_taken() -> None:
     assert BatchValidator([]).validate_json(json.dumps([_event("credit", {"income": 1})]).encode()) is None
+
+
+TRICKY: list[tuple[str, dict[str, Any], bool]] = [
+    ("valid", _event("credit", {"income": 10, "ratio": 0.5, "segment": "a"}), True),
+    ("NaN", _event("credit", {"income": float("nan"), "ratio": 0.5, "segment": "a"}), False),
+    ("infinity", _event("credit", {"income": float("inf"), "ratio": 0.5, "segment": "a"}), False),
+    ("bool for a number", _event("credit", {"income": True, "ratio": 0.5, "segment": "a"}), False),
+    ("bool label", _event("credit", {"income": 1, "ratio": 0.5, "segment": "a"}, True), True),
+    ("big int", _event("tiers", {"x": 2**63}), False),
+    ("int64 max", _event("tiers", {"x": 2**63 - 1}), True),
+    ("big int as float", _event("tiers", {"x": 9.3e18}), True),
+    ("out of range", _event("credit", {"income": 1_000_001, "ratio": 0.5, "segment": "a"}), False),
+    ("unknown feature", _event("credit", {"income": 1, "ratio": 0.5, "segment": "a", "extra": 1}), False),
+    ("missing feature", _event("credit", {"income": 1, "ratio": 0.5}), False),
+    ("null where not allowed", _event("credit", {"income": None, "ratio": 0.5, "segment": "a"}), False),
+    ("null where allowed", _event("credit", {"income": 1, "ratio": None, "segment": "a"}), True),
+    ("wrong category", _event("credit", {"income": 1, "ratio": 0.5, "segment": "z"}), False),
+    ("category as number", _event("credit", {"income": 1, "ratio": 0.5, "segment": 1}), False),
+    ("string class vs number class", _event("tiers", {"x": 1}, "2"), False),
+    ("number class", _event("tiers", {"x": 1}, 2), True),
+    ("unknown dataset", _event("nope", {"x": 1}), False),
+    ("many decimals", _event("credit", {"income": 12.123456789012, "ratio": 0.1234567, "segment": "a"}), True),
+]
+
+
+@pytest.mark.parametrize(("name", "event", "valid"), TRICKY, ids=[t[0] for t in TRICKY])
+def test_fast_and_exact_paths_agree_on_tricky_rows(name: str, event: dict[str, Any], valid: bool) -> None:
+    exact = _reference(event)
+    fast = VALIDATOR.validate_json(json.dumps([event]).encode())
+    assert (not isinstance(exact, list)) is valid, exact
+    assert (fast is not None) is valid
+
+
+def test_a_batch_with_tricky_rows_falls_back_whole_and_the_row_path_keeps_exactly_the_valid_ones() -> None:
+    batch = [event for _, event, _ in TRICKY]
+    assert VALIDATOR.validate_json(json.dumps(batch).encode()) is None
+    verdicts = [not isinstance(_reference(event), list) for event in batch]
+    assert verdicts == [valid for _, _, valid in TRICKY]
+    good = [event for event, ok in zip(batch, verdicts, strict=True) if ok]
+    assert VALIDATOR.validate_json(json.dumps(good).encode()) is not None
+
+
+def test_a_spec_the_structs_cannot_express_is_left_to_the_row_path() -> None:
+    spec = DatasetSpec.model_validate({"name": "flags", "features": [{"name": "x", "type": "numeric"}],
+                                       "label": {"type": "multiclass", "classes": ["a", 1]}})
+    assert set(feature_event_types([spec])) == {"flags"}
+    odd = spec.model_copy(update={"label": spec.label.model_copy(update={"classes": [True, "a"]})})
+    assert feature_event_types([odd]) == {}
+
+
+def test_feature_names_that_are_not_identifiers_keep_their_names() -> None:
+    spec = DatasetSpec.model_validate({"name": "odd", "features": [{"name": "a-b.c", "type": "numeric"},
+                                                                   {"name": "class", "type": "numeric"}],
+                                       "label": {"type": "binary"}})
+    validator = BatchValidator([feature_event_type(spec)])
+    body = json.dumps([_event("odd", {"a-b.c": 1, "class": 2.5})]).encode()
+    events = validator.validate_json(body)
+    assert events is not None
+    assert msgspec.json.decode(validator.payloads(events)[0])["features"] == {"a-b.c": 1, "class": 2.5}
+
+
+def test_times_the_structs_would_round_go_to_the_row_path() -> None:
+    for when in ("2026-11-22T03:00:00.1234567+00:00", "2026-11-22T03:00:00\\u002e1234567Z"):
+        body = json.dumps([_event("tiers", {"x": 1})]).replace("2026-11-22T03:00:00+00:00", when).encode()
+        assert VALIDATOR.validate_json(body) is None, when
+        reference = validate_row(json.loads(body)[0], "features", COMPILED.get, row=0)
+        assert not isinstance(reference, list)
+        assert reference.event_time.microsecond == 123456
