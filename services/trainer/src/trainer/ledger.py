@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 Outcome = TrainingCompletedV1 | TrainingFailedV1
 
+_NO_LEADER_YET = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION}
+"""Answers about a topic created a moment ago, before its leaders are elected: retried."""
+
 
 class Ledger:
     """Outcomes by command id, in memory; :class:`KafkaLedger` fills it from Kafka."""
@@ -68,10 +72,7 @@ class KafkaLedger(Ledger):
         consumer = self._consumer
         deadline = time.monotonic() + timeout_s
         try:
-            ends: dict[tuple[str, int], int] = {}
-            for topic in self._types:
-                for p in consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions:
-                    ends[(topic, p)] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1]
+            ends = self._ends(deadline)
             consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for (t, p) in ends])
             pending = {key for key, high in ends.items() if high > 0}
             while pending:
@@ -94,6 +95,27 @@ class KafkaLedger(Ledger):
         log.info("ledger loaded", extra={"outcomes": len(self)})
         self._thread = threading.Thread(target=self._follow, name="trainer-ledger", daemon=True)
         self._thread.start()
+
+    def _ends(self, deadline: float) -> dict[tuple[str, int], int]:
+        """The end offset of every partition of the outcome topics.
+
+        The lifespan creates the topics on a fresh cluster a moment before: until their leaders
+        are elected the broker answers "not leader", which is retried here up to ``deadline``
+        rather than failing the start-up.
+        """
+        while True:
+            try:
+                ends: dict[tuple[str, int], int] = {}
+                for topic in self._types:
+                    wait = max(deadline - time.monotonic(), 0.1)
+                    for p in self._consumer.list_topics(topic, timeout=wait).topics[topic].partitions:
+                        high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=wait)[1]
+                        ends[(topic, p)] = high
+                return ends
+            except KafkaException as exc:
+                if exc.args[0].code() not in _NO_LEADER_YET or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
 
     def _apply(self, topic: str, value: bytes | None) -> None:
         outcome = decode_outcome(value, self._types[topic])
