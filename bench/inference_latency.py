@@ -7,8 +7,12 @@ one small ONNX model, and the gateway as its own process (``python -m inference`
   ``tritonclient.grpc``, once against Triton and once against the gateway: the gateway's overhead;
 * throughput of concurrent gRPC calls through the gateway with no shadow, then with every request
   mirrored to a shadow version;
-* rows/s and p95 at concurrency 16 through the gateway to a model with Triton's dynamic batching
-  against the same model without it.
+* rows/s and p95 at concurrency 16, through the gateway and to Triton directly, to a model with
+  Triton's dynamic batching against the same model without it, with the average batch Triton
+  formed (its statistics). Twice: on the small model above, where a call's cost is all per-request
+  overhead (client, gRPC, Triton's Python backend) so batching has nothing to amortise, and on a
+  wider MLP (1024 -> 2048 -> 2048 -> 2048 -> 1, 42 MB of FP32 weights, about 2.5 ms per
+  single-row run on one core), where a batch of 16 costs far less than 16 single rows.
 
 Everything shares one machine (on the reference box: 2 cores), so client, gateway and Triton
 compete for CPU; the figures are what this machine does, not a capacity claim.
@@ -17,6 +21,7 @@ compete for CPU; the figures are what this machine does, not a capacity claim.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import tempfile
 import time
@@ -35,31 +40,45 @@ from deploy.localstack import Broker, ServiceProcess, free_port
 from deploy.triton import TritonServer, python_backend_repository
 
 FEATURES = 16
-ROW = np.linspace(-1, 1, FEATURES, dtype=np.float32).reshape(1, FEATURES)
+WIDE_FEATURES, WIDE_HIDDEN, WIDE_LAYERS = 1024, 2048, 3
+"""The wide MLP of the batching comparison: 42 MB of weights, compute per call that batching can share."""
 
 
-def _onnx(seed: int) -> bytes:
+def _row(features: int) -> np.ndarray:
+    return np.linspace(-1, 1, features, dtype=np.float32).reshape(1, features)
+
+
+def _onnx(seed: int, features: int = FEATURES, hidden: int = 32, layers: int = 1) -> bytes:
+    """An MLP ``features -> hidden (x layers, ReLU) -> 1 (sigmoid)`` with random weights."""
     rng = np.random.default_rng(seed)
-    w1 = numpy_helper.from_array(rng.normal(size=(FEATURES, 32)).astype(np.float32), "W1")
-    w2 = numpy_helper.from_array(rng.normal(size=(32, 1)).astype(np.float32), "W2")
+    nodes, weights, previous, width = [], [], "x", features
+    for i in range(layers):
+        weights.append(numpy_helper.from_array(
+            (rng.normal(size=(width, hidden)) / np.sqrt(width)).astype(np.float32), f"W{i}"))
+        nodes += [helper.make_node("MatMul", [previous, f"W{i}"], [f"h{i}"]),
+                  helper.make_node("Relu", [f"h{i}"], [f"r{i}"])]
+        previous, width = f"r{i}", hidden
+    weights.append(numpy_helper.from_array(rng.normal(size=(width, 1)).astype(np.float32), "WO"))
+    nodes += [helper.make_node("MatMul", [previous, "WO"], ["z"]), helper.make_node("Sigmoid", ["z"], ["y"])]
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-         helper.make_node("MatMul", ["r", "W2"], ["z"]), helper.make_node("Sigmoid", ["z"], ["y"])],
-        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])], [w1, w2])
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     return model.SerializeToString()
 
 
-def _config(name: str, *, batching: bool) -> str:
+def _config(name: str, *, batching: bool, features: int = FEATURES, versions: tuple[int, ...] = (1, 2)) -> str:
     text = (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 64\n'
-            "version_policy: { specific: { versions: [1, 2] } }\n"
-            f'input [ {{ name: "x" data_type: TYPE_FP32 dims: [{FEATURES}] }} ]\n'
+            f"version_policy: {{ specific: {{ versions: [{', '.join(map(str, versions))}] }} }}\n"
+            f'input [ {{ name: "x" data_type: TYPE_FP32 dims: [{features}] }} ]\n'
             'output [ { name: "y" data_type: TYPE_FP32 dims: [1] } ]\n')
     if batching:
         text += "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
     return text
+
+
+MODELS = ("bench", "bench_unbatched", "wide", "wide_unbatched")
 
 
 def _registry_repo(root: Path) -> None:
@@ -68,6 +87,26 @@ def _registry_repo(root: Path) -> None:
             (root / name / str(version)).mkdir(parents=True)
             (root / name / str(version) / "model.onnx").write_bytes(_onnx(version))
         (root / name / "config.pbtxt").write_text(_config(name, batching=batching))
+    wide = _onnx(1, WIDE_FEATURES, WIDE_HIDDEN, WIDE_LAYERS)
+    for name, batching in (("wide", True), ("wide_unbatched", False)):
+        (root / name / "1").mkdir(parents=True)
+        (root / name / "1" / "model.onnx").write_bytes(wide)
+        (root / name / "config.pbtxt").write_text(_config(name, batching=batching, features=WIDE_FEATURES,
+                                                          versions=(1,)))
+
+
+def _average_batch(triton_http: str, model: str, before: dict[str, int] | None = None) -> dict[str, int]:
+    """Triton's request and execution counts of ``model`` (less ``before``): their ratio is the average batch."""
+    stats = httpx.get(f"{triton_http}/v2/models/{model}/stats").json()["model_stats"]
+    counts = {"inferences": sum(s["inference_count"] for s in stats),
+              "executions": sum(s["execution_count"] for s in stats)}
+    return {k: v - (before or {}).get(k, 0) for k, v in counts.items()}
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pcts(samples: list[float]) -> tuple[float, float, float]:
@@ -90,28 +129,28 @@ def _sequential(call: Callable[[], Any], n: int) -> list[float]:
 def _http_call(url: str, model: str) -> Callable[[], Any]:
     client = httpclient.InferenceServerClient(url)
     inp = httpclient.InferInput("x", [1, FEATURES], "FP32")
-    inp.set_data_from_numpy(ROW)
+    inp.set_data_from_numpy(_row(FEATURES))
     return lambda: client.infer(model, [inp])
 
 
 def _grpc_call(url: str, model: str) -> Callable[[], Any]:
     client = grpcclient.InferenceServerClient(url)
     inp = grpcclient.InferInput("x", [1, FEATURES], "FP32")
-    inp.set_data_from_numpy(ROW)
+    inp.set_data_from_numpy(_row(FEATURES))
     return lambda: client.infer(model, [inp])
 
 
-async def _concurrent(url: str, model: str, *, requests: int, concurrency: int, rows: int = 1
-                      ) -> tuple[float, list[float]]:
+async def _concurrent(url: str, model: str, *, requests: int, concurrency: int, rows: int = 1,
+                      features: int = FEATURES) -> tuple[float, list[float]]:
     """Requests/s of ``concurrency`` gRPC callers, and every latency in seconds."""
     client = grpcaio.InferenceServerClient(url)
-    data = np.repeat(ROW, rows, axis=0)
+    data = np.repeat(_row(features), rows, axis=0)
     latencies: list[float] = []
     left = requests
 
     async def worker(i: int) -> None:
         nonlocal left
-        inp = grpcaio.InferInput("x", [rows, FEATURES], "FP32")
+        inp = grpcaio.InferInput("x", [rows, features], "FP32")
         inp.set_data_from_numpy(data)
         while left > 0:
             left -= 1
@@ -164,11 +203,11 @@ def run(*, quick: bool = False) -> list[tuple[str, str, str, str, str]]:
         try:
             broker.start()
             triton.start()
-            triton.load("bench")
-            triton.load("bench_unbatched")
+            for model in MODELS:
+                triton.load(model)
             gateway.start()
             url, gw_grpc = f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
-            for model in ("bench", "bench_unbatched"):
+            for model in MODELS:
                 httpx.put(f"http://{url}/v1/rollout/{model}", json={"alias": "champion", "version": 1,
                                                                     "reason": "benchmark"}).raise_for_status()
             time.sleep(0.5)  # let the gateway's rollout refresher pick the change up (every 0.25 s)
@@ -186,7 +225,11 @@ def run(*, quick: bool = False) -> list[tuple[str, str, str, str, str]]:
                              "overhead <= 1 ms p50, <= 2.5 ms p99"))
 
             direct_rps, _ = asyncio.run(_concurrent(triton.grpc_url, "bench", requests=n_conc, concurrency=16))
+            assert gateway.process is not None
+            cpu_before = _cpu_s(gateway.process.pid)
             off_rps, off_lat = asyncio.run(_concurrent(gw_grpc, "bench", requests=n_conc, concurrency=16))
+            # _concurrent makes a warm-up round and a measured round of n_conc requests each.
+            gw_cpu_ms = (_cpu_s(gateway.process.pid) - cpu_before) / (2 * n_conc) * 1000
             httpx.put(f"http://{url}/v1/rollout/bench", json={"alias": "shadow", "version": 2,
                                                               "reason": "benchmark"}).raise_for_status()
             time.sleep(0.5)
@@ -195,8 +238,10 @@ def run(*, quick: bool = False) -> list[tuple[str, str, str, str, str]]:
             dropped = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                           if line.startswith("inference_shadow_dropped_total{"))
             print(f"throughput (gRPC, 16 concurrent): Triton direct {direct_rps:,.0f}/s, gateway {off_rps:,.0f}/s, "
-                  f"gateway with 100% shadow {on_rps:,.0f}/s ({dropped:.0f} mirrors dropped, counted)")
-            rows.append(("gRPC throughput, 16 concurrent, req/s", f"{off_rps:,.0f}", f"{direct_rps:,.0f} (Triton)",
+                  f"gateway with 100% shadow {on_rps:,.0f}/s ({dropped:.0f} mirrors dropped, counted); gateway CPU "
+                  f"per request (shadow off) {gw_cpu_ms:.2f} ms")
+            rows.append((f"gRPC throughput, 16 concurrent, req/s (gateway CPU {gw_cpu_ms:.2f} ms per request)",
+                         f"{off_rps:,.0f}", f"{direct_rps:,.0f} (Triton)",
                          f"{off_rps / direct_rps:.2f}", "-"))
             rows.append((f"throughput with 100% shadow ({dropped:.0f} mirrors shed), req/s", f"{on_rps:,.0f}",
                          f"{off_rps:,.0f} (shadow off)", f"{on_rps / off_rps:.2f}", ">= 0.75"))
@@ -204,25 +249,25 @@ def run(*, quick: bool = False) -> list[tuple[str, str, str, str, str]]:
             rows.append(("p99 with 100% shadow, 16 concurrent", f"{p99_on:.1f} ms", f"{p99_off:.1f} ms (shadow off)",
                          f"{p99_on / p99_off:.2f}", "-"))
 
-            b_rps, b_lat = asyncio.run(_concurrent(gw_grpc, "bench", requests=n_conc, concurrency=16))
-            u_rps, u_lat = asyncio.run(_concurrent(gw_grpc, "bench_unbatched", requests=n_conc, concurrency=16))
-            b95, u95 = _pcts(b_lat)[1], _pcts(u_lat)[1]
-            print(f"dynamic batching at 16 concurrent: {b_rps:,.0f} rows/s p95 {b95:.1f} ms; unbatched "
-                  f"{u_rps:,.0f} rows/s p95 {u95:.1f} ms")
-            rows.append(("dynamic batching, 16 concurrent, rows/s", f"{b_rps:,.0f}", f"{u_rps:,.0f} (unbatched)",
-                         f"{b_rps / u_rps:.2f}", ">= 3"))
-            rows.append(("dynamic batching p95, 16 concurrent", f"{b95:.1f} ms", f"{u95:.1f} ms (unbatched)",
-                         f"{b95 / u95:.2f}", "<= 2"))
-            # The same comparison straight to Triton, to show where the limit is.
-            tb_rps, tb_lat = asyncio.run(_concurrent(triton.grpc_url, "bench", requests=n_conc, concurrency=16))
-            tu_rps, tu_lat = asyncio.run(_concurrent(triton.grpc_url, "bench_unbatched", requests=n_conc,
-                                                     concurrency=16))
-            tb95, tu95 = _pcts(tb_lat)[1], _pcts(tu_lat)[1]
-            print(f"Triton direct at 16 concurrent: batched {tb_rps:,.0f} rows/s p95 {tb95:.1f} ms; unbatched "
-                  f"{tu_rps:,.0f} rows/s p95 {tu95:.1f} ms")
-            rows.append(("(Triton direct) dynamic batching, rows/s / p95", f"{tb_rps:,.0f} / {tb95:.1f} ms",
-                         f"{tu_rps:,.0f} / {tu95:.1f} ms (unbatched)", f"{tb_rps / tu_rps:.2f} / {tb95 / tu95:.2f}",
-                         ">= 3 / <= 2"))
+            for batched, unbatched, features, label in (
+                    ("bench", "bench_unbatched", FEATURES, "small MLP 16-32-1, 2 KB"),
+                    ("wide", "wide_unbatched", WIDE_FEATURES, "wide MLP 1024-2048x3-1, 42 MB")):
+                n_batch = n_conc if features == FEATURES else n_conc // 4
+                for where, target in (("gateway", gw_grpc), ("Triton direct", triton.grpc_url)):
+                    figures = []
+                    for model in (batched, unbatched):
+                        before = _average_batch(triton.http_url, model)
+                        rps, lat = asyncio.run(_concurrent(target, model, requests=n_batch, concurrency=16,
+                                                           features=features))
+                        counts = _average_batch(triton.http_url, model, before)
+                        figures.append((rps, _pcts(lat)[1], counts["inferences"] / max(1, counts["executions"])))
+                    (b_rps, b95, b_avg), (u_rps, u95, _) = figures
+                    print(f"dynamic batching, {label}, {where}, 16 concurrent: {b_rps:,.0f} rows/s p95 {b95:.1f} ms "
+                          f"(Triton's average batch {b_avg:.1f}); unbatched {u_rps:,.0f} rows/s p95 {u95:.1f} ms")
+                    rows.append((f"dynamic batching, {label}, {where}, 16 concurrent: rows/s / p95 "
+                                 f"(average batch {b_avg:.1f})", f"{b_rps:,.0f} / {b95:.1f} ms",
+                                 f"{u_rps:,.0f} / {u95:.1f} ms (unbatched)",
+                                 f"{b_rps / u_rps:.2f} / {b95 / u95:.2f}", ">= 3 / <= 2"))
         finally:
             gateway.stop()
             triton.stop()
