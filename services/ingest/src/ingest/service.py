@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from opentelemetry import trace
 from schemas.deadletter import Problem
@@ -219,6 +219,15 @@ class IngestService:
         metrics.DEAD_LETTERS.labels(dlq(topic)).inc()
         return True
 
+    @staticmethod
+    def _sort_out(event_ids: Sequence[str | None], errors: Mapping[int, str], accepted: list[str],
+                  positions: list[int]) -> None:
+        """Append the acknowledged events of a batch with failures or dead letters to ``accepted``."""
+        for index, event_id in enumerate(event_ids):
+            if event_id is not None and index not in errors:
+                accepted.append(event_id)
+                positions.append(index)
+
     async def _publish(self, records: Sequence[RecordTuple], event_ids: Sequence[str | None], result: IngestResult, *,
                        kind: Kind, origin: Origin, dlq_topic: str) -> None:
         try:
@@ -237,12 +246,12 @@ class IngestService:
         errors = sent.errors
         letters = 0
         accepted, positions = result.accepted, result._records
-        for index, event_id in enumerate(event_ids):
-            if event_id is None:
-                letters += index not in errors
-            elif index not in errors:
-                accepted.append(event_id)
-                positions.append(index)
+        if not errors and None not in event_ids:  # every record an event, every one acknowledged
+            accepted += cast(Sequence[str], event_ids)
+            positions += range(len(event_ids))
+        else:
+            self._sort_out(event_ids, errors, accepted, positions)
+            letters = sum(1 for i, e in enumerate(event_ids) if e is None and i not in errors)
         metrics.EVENTS.labels(kind, origin, "accepted").inc(len(accepted))
         metrics.EVENTS.labels(kind, origin, "rejected").inc(result.rejected_rows)
         if letters:
