@@ -222,6 +222,16 @@ class InferLoad:
             w.join(120)
 
 
+def _summary(answers: list[Answer]) -> str:
+    """Statuses with a count and one body each, for a failure message."""
+    counts: dict[int, int] = {}
+    bodies: dict[int, str] = {}
+    for a in answers:
+        counts[a.status] = counts.get(a.status, 0) + 1
+        bodies.setdefault(a.status, a.body)
+    return f"{len(answers)} answers, " + ", ".join(f"{s} x{n}: {bodies[s]!r}" for s, n in sorted(counts.items()))
+
+
 def _gateway(triton: TritonServer, kafka_bootstrap: str, redis_url: str, repo: Path, logs: Path,
              fallback: str = "none") -> ServiceProcess:
     rollout_topic = f"test.rollout.{uuid.uuid4().hex[:8]}"
@@ -269,7 +279,9 @@ def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
         resumed = triton.resumed_at
         assert resumed is not None
         first = wait_for(lambda: next((a for a in load.since(resumed) if a.status == 200), None),
-                         "a 200 after Triton resumed", 60)
+                         lambda: f"a 200 after Triton resumed (since then: {_summary(load.since(resumed))})\n"
+                         f"client failures: {load.failures[-3:]}\nTriton's log:\n{private_triton.tail()}\n"
+                         f"gateway's log:\n{gateway.tail()}", 60)
         recovered_s = first.started + first.seconds - resumed
         wait_for(lambda: len(load.since(first.started + 5)) >= 100, "100 requests 5 s after the first 200", 90)
         alive = gateway.process.poll() is None
