@@ -102,6 +102,16 @@ class Record:
     value: dict[str, Any]
 
 
+def committed_offset(bootstrap: str, group: str, topic: str, partition: int = 0) -> int:
+    """The offset ``group`` committed on ``partition`` of ``topic`` (-1001 when none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        (tp,) = consumer.committed([TopicPartition(topic, partition)], timeout=30)
+        return int(tp.offset)
+    finally:
+        consumer.close()
+
+
 def read_topic(bootstrap: str, topic: str, *, match: Callable[[Record], bool] = lambda r: True,
                timeout_s: float = 30.0) -> list[Record]:
     """Every record of ``topic`` from the beginning up to the current end (``read_committed``) that matches."""

@@ -22,11 +22,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from deploy.localstack import REPO, free_port
-from tests.reliability.processes import wait_for
+from tests.reliability.processes import committed_offset, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +44,6 @@ def _start(env: dict[str, str], work: Path) -> subprocess.Popen[bytes]:
 
 def _tail(work: Path) -> str:
     return "\n".join((work / "worker.log").read_text(errors="replace").splitlines()[-30:])
-
-
-def _committed(bootstrap: str, group: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
-        return int(tp.offset)
-    finally:
-        consumer.close()
 
 
 def test_a_killed_worker_never_commits_past_a_record_in_flight(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -74,7 +65,7 @@ def test_a_killed_worker_never_commits_past_a_record_in_flight(kafka_bootstrap: 
         wait_for(lambda: f"started {slow_offset}" in log.read_text() if log.exists() else None,
                  lambda: f"the slow record to start:\n{_tail(tmp_path)}", 120)
         time.sleep(SLOW_S / 2)
-        committed = _committed(kafka_bootstrap, app_id, topic)
+        committed = committed_offset(kafka_bootstrap, app_id, topic)
         worker.send_signal(signal.SIGKILL)
         worker.wait(30)
         # Commits did happen (the fast records before it), and none went past the record in flight.

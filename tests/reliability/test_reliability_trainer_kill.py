@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer
 from schemas.topics import CATALOGUE, FEATURES, LABELS, TopicSpec, dlq
 from schemas.training import OffsetRange, TrainingWindow
 from trainer.kafka import event_bytes
@@ -44,7 +44,7 @@ from deploy.localstack import ServiceProcess, free_port
 from services.trainer.tests.conftest import spec_for, synthetic_rows
 from services.trainer.tests.integration.conftest import publish_rows, publish_spec
 from tests.fixtures.kafka import end_offsets
-from tests.reliability.processes import kill9, read_topic, restart, wait_for
+from tests.reliability.processes import committed_offset, kill9, read_topic, restart, wait_for
 from tests.reliability.test_reliability_registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -98,16 +98,6 @@ def metric(text: str, name: str, labels: str = "") -> float:
         if line.startswith(wanted + " "):
             return float(line.split()[-1])
     return 0.0
-
-
-def committed_offset(bootstrap: str, group: str, topic: str) -> int:
-    """The offset ``group`` committed on partition 0 of ``topic`` (-1001 when none)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=30)
-        return int(tp.offset)
-    finally:
-        consumer.close()
 
 
 def test_trainer_killed_mid_upload_completes_the_redelivered_command_with_exactly_one_version(
