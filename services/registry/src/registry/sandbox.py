@@ -3,9 +3,15 @@
 Parsing, checking and test-running an uploaded model exercises onnx and onnxruntime on bytes an
 uploader chose; a crafted file may exhaust memory, spin, or crash the native code. The registry
 therefore validates in a separate Python process that limits itself (address space and CPU
-time, ``setrlimit``) before it imports onnx, and waits for it with a deadline. Whatever happens
+time, ``setrlimit``) and leaves the network (a fresh, empty network namespace: no interface but a
+loopback that is down) before it imports onnx, and waits for it with a deadline. Whatever happens
 to the child (a refusal, a crash, a kill by a limit or by the deadline) becomes an
 ``InvalidModel`` answer; the registry process is never at risk.
+
+Network isolation needs ``unshare(CLONE_NEWNET)``: root or ``CAP_SYS_ADMIN``, or an unprivileged
+user namespace where the kernel allows them. Where neither is possible (a container under the
+default seccomp profile) the child keeps the parent's network, says so in its answer, and the
+registry logs a warning; the other limits hold either way.
 
 Protocol: the parent writes one JSON request on the child's stdin and reads one JSON line from
 its stdout (``python -m registry.sandbox``).
@@ -13,7 +19,9 @@ its stdout (``python -m registry.sandbox``).
 
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import os
 import resource
 import signal
@@ -25,6 +33,11 @@ from typing import Any
 
 from registry.domain import Signature
 from registry.errors import InvalidModel, OpsetNotAllowed, SignatureMismatch
+
+log = logging.getLogger(__name__)
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
 
 _ERRORS: dict[str, type[InvalidModel]] = {c.__name__: c for c in (InvalidModel, OpsetNotAllowed, SignatureMismatch)}
 
@@ -47,6 +60,8 @@ class SandboxResult:
 
     opset: int
     signature: Signature
+    network: str = "isolated"
+    """``isolated``, or why the child kept the registry's network."""
 
 
 def validate_in_sandbox(path: Path, *, declared: Signature, min_opset: int, max_opset: int,
@@ -72,8 +87,12 @@ def validate_in_sandbox(path: Path, *, declared: Signature, min_opset: int, max_
     answer = _answer(done.stdout)
     if answer is None:
         raise InvalidModel(_death(done.returncode, done.stderr, limits))
+    network = str(answer.get("network", "unknown"))
+    if network != "isolated":
+        log.warning("model validation ran with the registry's network: %s", network)
     if answer["ok"]:
-        return SandboxResult(opset=int(answer["opset"]), signature=Signature.model_validate(answer["signature"]))
+        return SandboxResult(opset=int(answer["opset"]), signature=Signature.model_validate(answer["signature"]),
+                             network=network)
     raise _ERRORS.get(str(answer["error"]), InvalidModel)(str(answer["message"]))
 
 
@@ -102,8 +121,24 @@ def _death(returncode: int, stderr: str, limits: SandboxLimits) -> str:
     return f"validating the model failed (exit code {returncode}): {last or 'no output'}; the model is refused"
 
 
+def isolate_network() -> str:
+    """Move this process into a new, empty network namespace; ``isolated`` or why it could not.
+
+    Tried as is (root, ``CAP_SYS_ADMIN``), then inside a new user namespace (unprivileged). Must
+    run while the process has one thread (a user namespace refuses a threaded process).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    errors = []
+    for flags in (CLONE_NEWNET, CLONE_NEWUSER | CLONE_NEWNET):
+        if libc.unshare(flags) == 0:
+            return "isolated"
+        errors.append(os.strerror(ctypes.get_errno()))
+    return f"shared (unshare of the network namespace refused: {'; '.join(dict.fromkeys(errors))})"
+
+
 def _child() -> None:
     """Limit this process, validate, and print one JSON answer line."""
+    network = isolate_network()
     request = json.loads(sys.stdin.read())
     memory, cpu = int(request["memory_bytes"]), int(request["cpu_s"])
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -122,6 +157,7 @@ def _child() -> None:
                              "of memory; the model is refused"}
     else:
         answer = {"ok": True, "opset": result.opset, "signature": result.signature.model_dump(mode="json")}
+    answer["network"] = network
     sys.stdout.write(json.dumps(answer) + "\n")
     sys.stdout.flush()
 

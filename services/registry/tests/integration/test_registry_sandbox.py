@@ -6,6 +6,9 @@ exhaust memory or time is refused by the child's limits while the registry keeps
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,3 +111,40 @@ def test_the_registry_refuses_the_bomb_and_keeps_serving(settings: Settings, tok
         assert response.json()["code"] == "invalid_model"
         assert client.get("/readyz").status_code == 200
         assert client.get("/v1/models").json()["count"] == 0
+
+
+_PROBE = """
+import socket, sys
+from registry.sandbox import isolate_network
+network = isolate_network() if sys.argv[2] == "isolate" else "shared"
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5).close()
+    reached = "reached"
+except OSError as exc:
+    reached = f"refused: {exc}"
+print(network, "|", reached)
+"""
+
+
+def _probe(port: int, mode: str) -> str:
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(port), mode], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_validating_child_cannot_reach_the_network(tmp_path: Path, make_onnx: Callable[..., bytes],
+                                                       make_spec: Callable[..., VersionSpec]) -> None:
+    """S4: the child leaves the registry's network before it touches the model's bytes."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        port = server.getsockname()[1]
+        assert _probe(port, "stay") == "shared | reached"            # the listener is reachable from a child
+        network, reached = _probe(port, "isolate").split(" | ", 1)
+    assert network == "isolated"
+    assert reached.startswith("refused"), reached
+    good = _write(tmp_path, make_onnx(4, 2))
+    result = validate_in_sandbox(good, declared=make_spec(4, 2).signature, min_opset=13, max_opset=21,
+                                 limits=LIMITS)
+    assert result.network == "isolated"
