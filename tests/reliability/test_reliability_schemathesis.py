@@ -2,9 +2,11 @@
 
 Each app runs its real lifespan (its Kafka, database and Redis clients); schemathesis generates
 requests from the app's own OpenAPI document (valid and invalid, NUL bytes and odd Unicode
-included) and sends them through the ASGI interface. Pass criterion (plan B1, issue 8.3): no
-answer is a server error (5xx), for a bounded number of examples per operation so the run stays
-within CI time.
+included) and sends them through the ASGI interface. Pass criteria (plan B1, issue 8.3), for a
+bounded number of examples per operation so the run stays within CI time: no answer is a server
+error (5xx); and, for the services whose documents declare their errors, every answer conforms to
+the document: a documented status code, a documented content type, a body matching the
+documented schema (so a client generated from the document can read every answer).
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.core.result import Ok
 
 from tests.fixtures.triton import TritonServer
@@ -37,9 +45,14 @@ def running(app: FastAPI) -> Iterator[FastAPI]:
         yield app
 
 
-def server_errors(app: FastAPI, *, headers: dict[str, str] | None = None) -> list[str]:
-    """Every generated request of every operation that got a 5xx, as ``METHOD path -> status: body``."""
+CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+def server_errors(app: FastAPI, *, headers: dict[str, str] | None = None, conformance: bool = False) -> list[str]:
+    """Every generated request that got a 5xx (and, with ``conformance``, every answer the app's own
+    OpenAPI does not describe), as ``METHOD path -> status: what``."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    checks = [not_a_server_error, *(CONFORMANCE if conformance else [])]
     found: list[str] = []
     calls: dict[str, int] = {}
     for result in schema.get_all_operations():
@@ -52,9 +65,13 @@ def server_errors(app: FastAPI, *, headers: dict[str, str] | None = None) -> lis
         def check(case: Any) -> None:
             response = case.call(headers=headers)
             calls[case.operation.label] = calls.get(case.operation.label, 0) + 1
-            if response.status_code >= 500:
-                found.append(f"{case.method} {case.formatted_path} -> {response.status_code}: "
-                             f"{response.text[:300]}")
+            try:
+                case.validate_response(response, checks=checks, headers=headers)
+            except BaseException as exc:    # schemathesis raises a group of failures
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                what = " ".join(str(exc).split())[:400]
+                found.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {what}")
 
         check()
     assert calls and all(n >= 1 for n in calls.values()), calls
@@ -82,8 +99,8 @@ def test_registry_openapi_gives_no_server_error(kafka_bootstrap: str, tmp_path: 
                         rollout_changed_topic=f"test.rollout.{uuid.uuid4().hex[:8]}", max_artifact_bytes=1 << 20)
     with running(create_app(settings)) as app:
         token = app.state.service.issue_token("fuzz", [Role.TRAINER, Role.OPERATOR])
-        assert server_errors(app) == []                                           # anonymous
-        assert server_errors(app, headers={"Authorization": f"Bearer {token}"}) == []   # with every role
+        assert server_errors(app, conformance=True) == []                                        # anonymous
+        assert server_errors(app, headers={"Authorization": f"Bearer {token}"}, conformance=True) == []  # every role
 
 
 def test_drift_openapi_gives_no_server_error(kafka_bootstrap: str, tmp_path: Path) -> None:
@@ -103,7 +120,7 @@ def test_trainer_openapi_gives_no_server_error(kafka_bootstrap: str, tmp_path: P
     settings = Settings(kafka_bootstrap=kafka_bootstrap, registry_url="http://127.0.0.1:9",
                         registry_token="not-a-token", consume_commands=False, log_json=False)
     with running(create_app(settings)) as app:
-        assert server_errors(app) == []
+        assert server_errors(app, conformance=True) == []
 
 
 def test_inference_openapi_gives_no_server_error(kafka_bootstrap: str, redis_url: str, triton: TritonServer,

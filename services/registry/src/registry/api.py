@@ -7,7 +7,7 @@ the handler in :mod:`registry.app` as ``{"error": "...", "code": "..."}``.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import Annotated, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -29,6 +29,38 @@ VersionNumber = Annotated[int, Path(ge=1, description="Version number, from 1.")
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Bytes allowed on top of the artifact and metadata limits for multipart boundaries and headers."""
+
+
+class ErrorPublic(BaseModel):
+    """Every refusal and failure: what went wrong, and a stable code to branch on."""
+
+    error: str = Field(description="What went wrong and what to do about it.")
+    code: str = Field(description="Stable machine-readable reason, e.g. `model_not_found`.")
+
+
+_WHY: dict[int, str] = {
+    400: "an invalid model name, alias or request body",
+    401: "no valid bearer token (`WWW-Authenticate: Bearer`)",
+    403: "the token lacks the role this change needs",
+    404: "the model, version, alias or artifact does not exist",
+    409: "conflicts with what is registered",
+    412: "the alias changed since the `If-Match` ETag was read",
+    413: "the upload is over the artifact limit",
+    422: "the model was refused by validation or its signature check",
+    500: "the stored artifact no longer matches its sha256 (never served)",
+    502: "Triton refused or failed the reload",
+    503: "storage is unavailable; retry",
+    507: "the artifact store is full",
+}
+
+
+def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer, each with :class:`ErrorPublic`."""
+    return {code: {"model": ErrorPublic, "description": _WHY[code]} for code in codes}
+
+
+READ = refusals(400, 404, 503)
+CHANGE = refusals(400, 401, 403, 404, 409, 412, 502, 503)
 
 
 class VersionPublic(ModelVersion):
@@ -96,28 +128,29 @@ def _public(version: ModelVersion) -> VersionPublic:
     )
 
 
-@router.get("/models")
+@router.get("/models", responses=refusals(503))
 async def list_models(service: ServiceDep) -> ModelsPublic:
     """Every registered model with its aliases."""
     models = await run_in_threadpool(service.list_models)
     return ModelsPublic(data=[ModelPublic(**m.model_dump()) for m in models], count=len(models))
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", responses=READ)
 async def get_model(name: str, service: ServiceDep) -> ModelPublic:
     """One model with its aliases and latest version number."""
     model = await run_in_threadpool(service.get_model, name)
     return ModelPublic(**model.model_dump())
 
 
-@router.get("/models/{name}/versions")
+@router.get("/models/{name}/versions", responses=READ)
 async def list_versions(name: str, service: ServiceDep) -> VersionsPublic:
     """Every version of a model, oldest first."""
     versions = await run_in_threadpool(service.list_versions, name)
     return VersionsPublic(data=[_public(v) for v in versions], count=len(versions))
 
 
-@router.post("/models/{name}/versions", status_code=201)
+@router.post("/models/{name}/versions", status_code=201,
+             responses=refusals(400, 401, 403, 404, 409, 413, 422, 502, 503, 507))
 async def register_version(
     name: str, request: Request, service: ServiceDep, settings: SettingsDep, actor: PrincipalDep
 ) -> VersionPublic:
@@ -176,13 +209,15 @@ def _signature(part: object) -> ArtifactSignature | None:
         raise InvalidRequest(f"signature is not valid: {_summary(exc)}") from exc
 
 
-@router.get("/models/{name}/versions/{version}")
+@router.get("/models/{name}/versions/{version}", responses=READ)
 async def get_version(name: str, version: VersionNumber, service: ServiceDep) -> VersionPublic:
     """One version with its lineage."""
     return _public(await run_in_threadpool(service.get_version, name, version))
 
 
-@router.get("/models/{name}/versions/{version}/artifact", response_model=None)
+@router.get("/models/{name}/versions/{version}/artifact", response_model=None,
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "the ONNX file"},
+                       304: {"description": "`If-None-Match` names this artifact"}, **refusals(400, 404, 500, 503)})
 async def download_artifact(
     name: str, version: VersionNumber, request: Request, service: ServiceDep
 ) -> Response | StreamingResponse:
@@ -199,7 +234,7 @@ async def download_artifact(
     return StreamingResponse(_chunks(stream), media_type="application/octet-stream", headers=headers)
 
 
-@router.get("/models/{name}/aliases/{alias}")
+@router.get("/models/{name}/aliases/{alias}", responses=READ)
 async def get_alias(name: str, alias: str, service: ServiceDep, response: Response) -> AliasPublic:
     """Where an alias points; ``ETag`` is its target, for a conditional change (``If-Match``)."""
     state = await run_in_threadpool(service.get_alias, name, alias)
@@ -207,7 +242,7 @@ async def get_alias(name: str, alias: str, service: ServiceDep, response: Respon
     return AliasPublic(**state.model_dump())
 
 
-@router.get("/models/{name}/aliases/{alias}/version")
+@router.get("/models/{name}/aliases/{alias}/version", responses=READ)
 async def resolve_alias(name: str, alias: str, service: ServiceDep) -> VersionPublic:
     """The version an alias points at (deploy by alias)."""
     state = await run_in_threadpool(service.get_alias, name, alias)
@@ -218,7 +253,7 @@ IfMatch = Annotated[str | None, Header(
     description='Change only if the alias still has this ETag (`"none"` when unset); 412 otherwise.')]
 
 
-@router.put("/models/{name}/aliases/{alias}")
+@router.put("/models/{name}/aliases/{alias}", responses=CHANGE)
 async def set_alias(name: str, alias: str, body: AliasUpdate, service: ServiceDep,
                     actor: PrincipalDep, if_match: IfMatch = None) -> AliasChangePublic:
     """Point an alias at a version (operator role); recorded and published."""
@@ -229,7 +264,7 @@ async def set_alias(name: str, alias: str, body: AliasUpdate, service: ServiceDe
     return AliasChangePublic(**change.model_dump())
 
 
-@router.delete("/models/{name}/aliases/{alias}")
+@router.delete("/models/{name}/aliases/{alias}", responses=CHANGE)
 async def remove_alias(
     name: str, alias: str, service: ServiceDep, actor: PrincipalDep,
     reason: Annotated[str, Query(min_length=1, max_length=4096, description="Why; recorded.")],
@@ -241,7 +276,7 @@ async def remove_alias(
     return AliasChangePublic(**change.model_dump())
 
 
-@router.post("/models/{name}/aliases/{alias}/rollback")
+@router.post("/models/{name}/aliases/{alias}/rollback", responses=CHANGE)
 async def rollback_alias(name: str, alias: str, body: AliasRollback, service: ServiceDep,
                          actor: PrincipalDep) -> AliasChangePublic:
     """Point an alias back at an earlier version (operator role); recorded and published."""
@@ -251,7 +286,7 @@ async def rollback_alias(name: str, alias: str, body: AliasRollback, service: Se
     return AliasChangePublic(**change.model_dump())
 
 
-@router.get("/models/{name}/history")
+@router.get("/models/{name}/history", responses=READ)
 async def history(
     name: str, service: ServiceDep, alias: Annotated[str | None, Query(description="Only this alias.")] = None
 ) -> AliasChangesPublic:
@@ -260,7 +295,7 @@ async def history(
     return AliasChangesPublic(data=[AliasChangePublic(**c.model_dump()) for c in changes], count=len(changes))
 
 
-@router.post("/models/{name}/triton/sync", status_code=204)
+@router.post("/models/{name}/triton/sync", status_code=204, responses=CHANGE)
 async def sync_triton(name: str, service: ServiceDep, actor: PrincipalDep) -> None:
     """Rewrite the model's Triton repository directory and reload it in Triton (operator role)."""
     if Role.OPERATOR not in actor.roles:

@@ -53,6 +53,20 @@ async def on_trainer_error(request: Request, exc: Exception) -> JSONResponse:
                          "message": str(exc)}, status_code=status_of(exc))
 
 
+class ErrorPublic(BaseModel):
+    """Every refusal and failure: a short reason and what to do."""
+
+    error: str = Field(description="The reason, e.g. `CommandNotFound`.")
+    message: str = Field(description="What went wrong and what to do about it.")
+
+
+class NotReady(BaseModel):
+    """Readiness refused, with the reason."""
+
+    status: Literal["unavailable"]
+    reason: str
+
+
 class CommandCreate(BaseModel):
     """A manual retrain command; without times the whole retained stream is used."""
 
@@ -90,7 +104,9 @@ MAX_PARTITION = 2**31 - 1
 MAX_OFFSET = 2**63 - 1
 
 
-@router.post("/v1/commands", status_code=202, tags=["commands"])
+@router.post("/v1/commands", status_code=202, tags=["commands"], responses={
+    400: {"model": ErrorPublic, "description": "the window is invalid"},
+    503: {"model": ErrorPublic, "description": "the broker did not store the command; retry"}})
 async def create_command(body: CommandCreate, producer: ProducerDep, settings: SettingsDep) -> CommandAccepted:
     """Queue a manual retrain command; answers once the broker stored it. Poll ``GET /v1/commands/{id}``."""
     try:
@@ -121,7 +137,8 @@ async def publish_command(command: RetrainCommandV1, producer: Any, topic: str) 
                            offset=delivery.offset)
 
 
-@router.get("/v1/commands/{command_id}", tags=["commands"])
+@router.get("/v1/commands/{command_id}", tags=["commands"], responses={
+    404: {"model": ErrorPublic, "description": "no outcome yet: the command is unknown, queued or running"}})
 async def get_command(command_id: str, ledger: LedgerDep) -> CommandPublic:
     """The outcome of a command; 404 while it is unknown, queued or running."""
     outcome = ledger.get(command_id)
@@ -138,7 +155,8 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["health"])
+@router.get("/readyz", tags=["health"],
+            responses={503: {"model": NotReady, "description": "the broker does not answer"}})
 async def readyz(producer: ProducerDep, settings: SettingsDep) -> JSONResponse:
     """Readiness: the broker answers a metadata request."""
     try:
@@ -148,7 +166,8 @@ async def readyz(producer: ProducerDep, settings: SettingsDep) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/metrics", tags=["health"])
+@router.get("/metrics", tags=["health"], response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
 async def prometheus_metrics() -> Response:
     """Prometheus metrics."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
