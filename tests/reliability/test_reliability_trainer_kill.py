@@ -8,11 +8,15 @@ commands A, B, C for one model each replay exact offsets of a dataset of their o
 Fault: the trainer is killed with ``SIGKILL`` while its upload of A's model is in flight. The test
 watches the registry's staging folder from outside: the file appears when the registry has the
 upload and is hashing and validating it, and the trainer is waiting for the answer. The registry
-finishes the request of the dead client. Then the trainer is restarted as a new process.
+finishes the request of the dead client. Then the trainer is restarted as a new process under the
+same static group membership (``TRAINER_GROUP_INSTANCE_ID``), with a session timeout (60 s) far
+longer than a restart.
 
 Pass criteria:
 - nothing of A was published before the restart (the kill came before the outcome);
-- once the dead member's session has expired, A is redelivered and completes; B and C complete too;
+- the restarted trainer holds the command partition well before the dead member's session could
+  have expired (static membership: the new process takes the old member's place), and A is
+  redelivered and completes; B and C complete too;
 - each of A, B, C has exactly one ``training-completed`` outcome (promoted) and exactly one
   registry version (``params.command_id``); the model has exactly 3 versions;
 - each outcome names the version registered for its command, and its sha256 is that version's;
@@ -34,6 +38,7 @@ from typing import Any
 import httpx
 import pytest
 from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 from schemas.topics import CATALOGUE, FEATURES, LABELS, TopicSpec, dlq
 from schemas.training import OffsetRange, TrainingWindow
 from trainer.kafka import event_bytes
@@ -100,6 +105,22 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return 0.0
 
 
+SESSION_S = 60.0
+"""The trainer's session timeout here: a redelivery that waited for it would be plain to see."""
+
+
+def holders(bootstrap: str, group: str) -> dict[str, set[tuple[str, int]]]:
+    """Member id -> the topic partitions it holds, for the members of ``group`` with a static instance id."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    (future,) = admin.describe_consumer_groups([group], request_timeout=10).values()
+    try:
+        description = future.result(timeout=15)
+    except KafkaException:
+        return {}
+    return {m.member_id: {(tp.topic, tp.partition) for tp in (m.assignment.topic_partitions if m.assignment else [])}
+            for m in description.members if m.group_instance_id}
+
+
 def test_trainer_killed_mid_upload_completes_the_redelivered_command_with_exactly_one_version(
         kafka_bootstrap: str, tmp_path: Path, unique: str) -> None:
     started = time.monotonic()
@@ -121,7 +142,8 @@ def test_trainer_killed_mid_upload_completes_the_redelivered_command_with_exactl
                "TRAINER_COMMAND_TOPIC": command_topic, "TRAINER_GROUP_ID": group,
                "TRAINER_HIDDEN_LAYERS": "[2048, 2048]", "TRAINER_MAX_EPOCHS": "3", "TRAINER_PATIENCE": "3",
                "TRAINER_GATE_MIN_SLICE_ROWS": "40", "TRAINER_RETRY_BACKOFF_S": "0.5",
-               "TRAINER_STARTUP_TIMEOUT_S": "60", "TRAINER_READ_TIMEOUT_S": "60", "TRAINER_LOG_JSON": "false"}
+               "TRAINER_STARTUP_TIMEOUT_S": "60", "TRAINER_READ_TIMEOUT_S": "60", "TRAINER_LOG_JSON": "false",
+               "TRAINER_GROUP_INSTANCE_ID": f"trainer-k9a-{unique}", "TRAINER_SESSION_TIMEOUT_S": str(SESSION_S)}
         url = f"http://127.0.0.1:{port}"
         trainer = ServiceProcess("trainer", "trainer", env, ready_url=f"{url}/readyz",
                                  log_path=tmp_path / "trainer.log")
@@ -146,6 +168,7 @@ def test_trainer_killed_mid_upload_completes_the_redelivered_command_with_exactl
 
         # The kill: as soon as the registry holds A's upload (the first one), while the trainer waits.
         wait_for(registry.staged, "the trainer's upload of A to be staged in the registry", 120, every_s=0.005)
+        dead_member = set(holders(kafka_bootstrap, group))
         kill9(trainer)
         killed_at = time.monotonic()
         at_kill = [v["params"]["command_id"] for v in registry.versions(model)]
@@ -170,7 +193,14 @@ def test_trainer_killed_mid_upload_completes_the_redelivered_command_with_exactl
 
         restart(trainer)
         restarted_at = time.monotonic()
-        # The restarted consumer gets the partition once the killed member's session (45 s) has expired.
+        # Static membership: the restarted process takes the dead member's place without waiting out its session.
+        assert len(dead_member) == 1, dead_member
+        wait_for(lambda: [tps for member, tps in holders(kafka_bootstrap, group).items()
+                          if member not in dead_member] == [{(command_topic, 0)}],
+                 lambda: f"a new member to hold {command_topic}[0] in place of {dead_member} (group: "
+                         f"{holders(kafka_bootstrap, group)})", SESSION_S, every_s=0.25)
+        reassigned_s = time.monotonic() - restarted_at
+        assert reassigned_s < SESSION_S / 2, reassigned_s
         done = wait_for(lambda: (found := outcomes()) and {o["command_id"] for o in found} == set(ids) and found,
                         lambda: f"outcomes of {ids} (have {[o['command_id'] for o in outcomes()]}; trainer log:\n"
                                 f"{trainer.tail() if trainer else ''})", 180, every_s=1.0)
@@ -211,6 +241,7 @@ def test_trainer_killed_mid_upload_completes_the_redelivered_command_with_exactl
         registry.process.stop()
     print(f"commands sent at {sent_at - started:.1f}s, killed {killed_at - sent_at:.1f}s later; "
           f"A's version at the kill: {at_kill}, after the registry finished: {kept}; "
-          f"restart to all outcomes {completed_at - restarted_at:.1f}s (kill to restart "
+          f"restart to partition held {reassigned_s:.1f}s, to all outcomes {completed_at - restarted_at:.1f}s "
+          f"(kill to restart "
           f"{restarted_at - killed_at:.1f}s); test {time.monotonic() - started:.1f}s; "
           f"versions {[(v['version'], v['params']['command_id'][-1], v['sha256'][:12]) for v in versions]}")

@@ -46,6 +46,10 @@ def build_command_consumer(settings: Settings) -> Consumer:
         "auto.offset.reset": "earliest",
         # A command may train for up to the time budget between two polls.
         "max.poll.interval.ms": int(settings.max_poll_interval_s * 1000),
+        # Heartbeats come from librdkafka's own thread, so a long training keeps the session alive.
+        "session.timeout.ms": int(settings.session_timeout_s * 1000),
+        "heartbeat.interval.ms": max(1000, int(settings.session_timeout_s * 1000 / 3)),
+        **({"group.instance.id": settings.group_instance_id} if settings.group_instance_id else {}),
     })
 
 

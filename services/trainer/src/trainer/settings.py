@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     group_id: str = "trainer"
     """Consumer group of the retrain-command consumer (one partition: one command at a time)."""
 
+    group_instance_id: str | None = Field(default=None, min_length=1, max_length=249)
+    """Static group membership (``group.instance.id``): a replica restarted under the same id takes its
+    partition back at once instead of after the dead member's session; unique per replica. Unset: dynamic."""
+
+    session_timeout_s: float = Field(default=10.0, ge=6, le=300)
+    """How long the group waits for a silent member (crashed, frozen) before its commands are redelivered."""
+
     consume_commands: bool = True
     """Consume retrain commands (false: only the HTTP API, e.g. a read-only replica)."""
 
