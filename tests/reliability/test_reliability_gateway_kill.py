@@ -6,8 +6,15 @@ topics of its own for requests, responses, predictions and rollout changes; ``cr
 champion and v2 the canary at weight 0.5, so the route depends on the entity. A client publishes
 N requests (unique request ids, 40 entities, each request's input row its own) at a steady rate.
 
-Fault: once a third of the requests have a response, the gateway is killed (``SIGKILL``) and
-started again; the client goes on publishing while it is down.
+Fault: once a third of the requests have a response, the test watches the gateway's committed
+offsets of the request topic and kills the gateway (``SIGKILL``) as soon as it sees a new commit,
+then starts it again; the client goes on publishing while it is down. Right after the kill it
+reads the group's committed offsets and the end offsets of the prediction topic. Prediction
+events linger ``PREDICTION_LINGER_MS`` (500 ms) before they are sent, so a kill that soon after a
+commit falls while events of requests in that commit would still be on their way if the offset
+did not wait for them: a gateway that stored offsets before its prediction events were
+acknowledged lost some for good in every run of this test (checked by running it against that
+ordering).
 
 Pass criteria:
 - none lost: every request id has a response (after dedup by request id), and no response
@@ -18,8 +25,14 @@ Pass criteria:
   reported, and every duplicate is identical to the first answer (version, route, status, outputs);
 - routing is sticky by entity, as REST: all answers of one entity carry one version, the one a
   REST call with that entity gets from the restarted gateway;
-- a ``PredictionEventV1`` exists for every request id, with the version and route of its
-  answer (duplicates reported);
+- no prediction event lost (L = 0): a ``PredictionEventV1`` exists for every request id, with the
+  version and route of its answer (duplicates reported, and a request's events for one version and
+  route all carry one event id, so consumers deduplicate them);
+- in particular for the requests whose offsets were committed at the kill, which are never
+  redelivered: each one's prediction event was already on the broker at the kill (below the
+  prediction topic's end offsets read right after it), because the gateway stores a request's
+  offset only after the broker acknowledged its answer and its prediction event. At least one
+  request is in that set (the kill waits for a commit), so the check is never vacuous;
 - the gateway comes back ready (``/readyz`` 200) and the kill fell mid-stream (responses missing
   at the kill).
 """
@@ -53,6 +66,7 @@ pytestmark = pytest.mark.integration
 N = 900
 RATE_PER_S = 60.0
 ENTITIES = 40
+PREDICTION_LINGER_MS = 500
 
 
 def row_of(i: int) -> list[float]:
@@ -123,6 +137,32 @@ class Tail:
         return len(self.ids)
 
 
+class Commits:
+    """Reads what a consumer group committed on every partition of a topic (without joining it)."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+        partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.partitions = [TopicPartition(topic, p) for p in partitions]
+
+    def offsets(self) -> dict[int, int]:
+        """Committed offset by partition (-1001: none yet)."""
+        return {tp.partition: tp.offset for tp in self.consumer.committed(self.partitions, timeout=10)}
+
+    def total(self) -> int:
+        return sum(max(o, 0) for o in self.offsets().values())
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """The end (high watermark) of every partition of ``topic``."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ends-{uuid.uuid4()}"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+    finally:
+        consumer.close()
+
+
 def first_and_duplicates(records: list[Record]) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """The first payload per request id (by partition, offset) and every later one."""
     first: dict[str, dict[str, Any]] = {}
@@ -160,7 +200,8 @@ def test_gateway_killed_mid_stream_on_the_kafka_path_answers_every_request(
            "INFERENCE_PREDICTIONS_TOPIC": names["predictions"], "INFERENCE_CONSUME_REQUESTS": "true",
            "INFERENCE_CANARY_ANALYSIS": "false", "INFERENCE_CONSUME_FEATURES": "false",
            "INFERENCE_JOIN_LABELS": "false", "INFERENCE_ROLLOUT_REFRESH_S": "0.1", "INFERENCE_LOG_JSON": "false",
-           "INFERENCE_MODEL_REPOSITORY": str(repo), "INFERENCE_BACKEND_TIMEOUT_S": "5"}
+           "INFERENCE_MODEL_REPOSITORY": str(repo), "INFERENCE_BACKEND_TIMEOUT_S": "5",
+           "INFERENCE_PREDICTION_LINGER_MS": str(PREDICTION_LINGER_MS)}
     url = f"http://127.0.0.1:{port}"
     gateway = ServiceProcess("inference", "inference", env, ready_url=f"{url}/readyz",
                              log_path=tmp_path / "inference.log")
@@ -177,9 +218,17 @@ def test_gateway_killed_mid_stream_on_the_kafka_path_answers_every_request(
 
         wait_for(lambda: tail.count() >= N // 3 if tail else None, lambda: f"{N // 3} responses before the fault "
                  f"({tail.count() if tail else 0} so far; gateway log:\n{gateway.tail()})", 120)
+        commits = Commits(kafka_bootstrap, f"inference-requests-gwkill-{run}", names["requests"])
+        before = commits.total()
+        wait_for(lambda: commits.total() > before, "a new commit of the request topic before the fault", 60,
+                 every_s=0.02)
+        seen_commit_at = time.monotonic()
         kill9(gateway)
         killed_at = time.monotonic()
         answered_at_kill, sent_at_kill = tail.count(), stream.sent
+        committed_at_kill = commits.offsets()
+        commits.consumer.close()
+        predictions_at_kill = end_offsets(kafka_bootstrap, names["predictions"])
         restart(gateway)
         ready_at = time.monotonic()
         back = wait_for(lambda: tail.count() > answered_at_kill and time.monotonic(),
@@ -232,16 +281,35 @@ def test_gateway_killed_mid_stream_on_the_kafka_path_answers_every_request(
     predictions = read_topic(kafka_bootstrap, names["predictions"],
                              match=lambda r: r.value.get("payload", {}).get("request_id") in sent_ids)
     events, events_again = first_and_duplicates(predictions)
+
+    # The requests the group had committed at the kill are never redelivered: their prediction
+    # events must have been on the broker before the kill.
+    requests = read_topic(kafka_bootstrap, names["requests"])
+    done_at_kill = {r.value["payload"]["request_id"] for r in requests
+                    if r.offset < committed_at_kill.get(r.partition, -1)}
+    published_at_kill = {r.value["payload"]["request_id"] for r in predictions
+                         if r.offset < predictions_at_kill.get(r.partition, 0)}
+    assert done_at_kill, f"no request committed at the kill (committed offsets {committed_at_kill})"
+    lost_for_good = done_at_kill - published_at_kill
+    assert lost_for_good == set(), (f"{len(lost_for_good)} of the {len(done_at_kill)} requests committed at the "
+                                    f"kill had no prediction event on the broker then: {sorted(lost_for_good)[:10]}")
     missing = sent_ids - set(events)
     assert missing == set(), f"{len(missing)} requests without a prediction event: {sorted(missing)[:10]}"
     mismatched = [rid for rid, p in events.items()
                   if (p["model_version"], p["route"]) != (first[rid]["model_version"], first[rid]["route"])]
     assert mismatched == [], mismatched[:10]
+    event_ids: dict[tuple[str, int, str], set[str]] = defaultdict(set)
+    for r in predictions:
+        p = r.value["payload"]
+        event_ids[(p["request_id"], p["model_version"], p["route"])].add(r.value["event_id"])
+    assert {k: v for k, v in event_ids.items() if len(v) > 1} == {}, "one prediction published under several ids"
 
     raw_duplicates = len(responses) - len(first)
     print(f"N={N}: {answered_at_kill} answered and {sent_at_kill} sent at the kill; ready again "
           f"{ready_at - killed_at:.1f}s after it, first new answer {back - killed_at:.1f}s after it, all answered "
           f"{all_answered - killed_at:.1f}s after it; response duplicates {raw_duplicates} "
-          f"({len(again)} request ids, all identical); prediction event duplicates "
+          f"({len(again)} request ids, all identical); killed {killed_at - seen_commit_at:.2f}s after a commit was "
+          f"seen, {len(done_at_kill)} requests committed then, every one's prediction event published before the "
+          f"kill; prediction event duplicates "
           f"{sum(len(v) for v in events_again.values())}; routes {Counter(a['route'] for a in first.values())}; "
           f"test {time.monotonic() - started:.1f}s")

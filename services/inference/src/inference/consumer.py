@@ -3,8 +3,10 @@
 Each request goes through the same core as REST and gRPC (:class:`InferenceService`), so its
 ``entity_id`` routes it exactly like a REST call with the same key. Requests that fail get an
 answer with the error and the HTTP status a REST caller would have seen; the answer is keyed
-like the request. Offsets are stored only after the broker acknowledged the answers (at least
-once: a crash may answer a request twice, with the same ``request_id``).
+like the request. A batch counts as handled (its offsets are stored) only after the broker
+acknowledged every answer *and* the prediction event of every answered request: at least once,
+so a crash before that redelivers the requests, which are answered again with the same
+``request_id`` and republish their prediction events under the same event ids.
 """
 
 from __future__ import annotations
@@ -38,12 +40,28 @@ class RequestHandler:
         self.tracer = tracer
 
     async def __call__(self, envelopes: list[Envelope[InferenceRequestedV1]]) -> None:
-        """Answer every request of the batch; raises (to be retried) only when publishing fails."""
-        answers = await asyncio.gather(*(self.answer(e) for e in envelopes))
-        await publish(self.producer, [(self.response_topic, a.entity_id or a.request_id, a) for a in answers])
+        """Answer every request of the batch and wait until the broker has the answers and the prediction events.
 
-    async def answer(self, envelope: Envelope[InferenceRequestedV1]) -> InferenceCompletedV1:
-        """The answer to one request (an error answer when the request fails)."""
+        Raises:
+            ProducerError: an answer or a prediction event was not acknowledged; the caller retries
+                the batch (its offsets stay unstored).
+
+        """
+        answered = await asyncio.gather(*(self.answer(e) for e in envelopes))
+        answers = [a for a, _ in answered]
+        outcomes = await asyncio.gather(
+            publish(self.producer, [(self.response_topic, a.entity_id or a.request_id, a) for a in answers]),
+            *(d for _, d in answered if d is not None), return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            raise failed[0]
+
+    async def answer(self, envelope: Envelope[InferenceRequestedV1]
+                     ) -> tuple[InferenceCompletedV1, asyncio.Future[None] | None]:
+        """The answer to one request (an error answer when it fails) and the delivery of its prediction event.
+
+        The delivery is None when no prediction was made (an error answer).
+        """
         req = envelope.payload
         started = time.perf_counter()
         with self.tracer.start_as_current_span("inference.kafka-request", context=context_from(envelope.traceparent)):
@@ -52,24 +70,24 @@ class RequestHandler:
                     inputs = [from_values(t.name, t.datatype, t.shape, t.data) for t in req.inputs]
                     result = await self.service.infer(InferRequest(
                         model=req.model_name, inputs=inputs, entity=req.entity_id, request_id=req.request_id,
-                        dataset=req.dataset, protocol="kafka"))
+                        dataset=req.dataset, protocol="kafka", durable_event=True))
                 else:
                     if req.entity_id is None:
                         raise InferenceError("a request without inputs needs an entity_id to read its features")
                     result = (await self.service.predict(PredictRequest(
                         model=req.model_name, entity=req.entity_id, features=dict(req.features), dataset=req.dataset,
-                        request_id=req.request_id))).result
+                        request_id=req.request_id, durable_event=True))).result
             except InferenceError as exc:
                 metrics.ASYNC_REQUESTS.labels("error").inc()
                 return InferenceCompletedV1(request_id=req.request_id, model_name=req.model_name,
                                             entity_id=req.entity_id, error=str(exc), status=http_status(exc),
                                             latency_ms=(time.perf_counter() - started) * 1000,
-                                            completed_at=datetime.now(UTC))
+                                            completed_at=datetime.now(UTC)), None
         metrics.ASYNC_REQUESTS.labels("ok").inc()
         return InferenceCompletedV1(request_id=req.request_id, model_name=req.model_name,
                                     model_version=result.version, route=result.route, entity_id=req.entity_id,
                                     outputs=[_value(t) for t in result.outputs], latency_ms=result.latency_ms,
-                                    completed_at=datetime.now(UTC))
+                                    completed_at=datetime.now(UTC)), result.event_delivery
 
 
 def _value(t: Tensor) -> TensorValue:

@@ -32,7 +32,7 @@ from tributary_kit.producer import AsyncProducer, ProducerError, Record
 from tributary_kit.telemetry import context_from, current_traceparent
 
 from inference import metrics
-from inference.ids import RequestIds
+from inference.ids import RequestIds, prediction_event_id
 from inference.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -236,36 +236,65 @@ class EventConsumer(Generic[P]):
 
 
 class PredictionPublisher:
-    """Publishes prediction events in the background, so no request waits for the broker.
+    """Publishes prediction events in the background, so no REST or gRPC request waits for the broker.
 
-    Events go through a bounded queue; when it is full the event is dropped and counted
-    (``inference_prediction_events_total{outcome="dropped"}``) rather than slowing callers.
-    Events are encoded by the publishing task, not by the caller that offers them.
+    Two ways in:
+
+    - :meth:`offer` (REST, gRPC, shadow): fire and forget through a bounded queue; when it is full
+      the event is dropped and counted (``inference_prediction_events_total{outcome="dropped"}``)
+      rather than slowing callers. Its events get fresh ids.
+    - :meth:`deliver` (requests read from Kafka): never dropped, and the returned future completes
+      only when the broker acknowledged the event, so the request's offset is stored after it
+      (at least once). Its event id is derived from the request id, version and route
+      (:func:`inference.ids.prediction_event_id`), so a redelivered request republishes the same id.
+
+    Both share one publishing task, in arrival order; events are encoded by that task, not by the
+    callers. ``deliver`` needs no bound of its own: the request consumer waits for each batch's
+    events before it reads the next.
     """
 
     def __init__(self, producer: AsyncProducer, topic: str, *, queue_size: int, batch_size: int = 500) -> None:
         self._producer = producer
         self.topic = topic
-        self._queue: asyncio.Queue[tuple[PredictionEventV1, str | None]] = asyncio.Queue(maxsize=queue_size)
+        # Unbounded: the bound applies to offered events only (see `offer`), never to delivered ones.
+        self._queue: asyncio.Queue[tuple[PredictionEventV1, str | None, asyncio.Future[None] | None]] = (
+            asyncio.Queue())
+        self._queue_size = queue_size
+        self._offered = 0
+        """Offered events queued and not yet taken by the publishing task."""
         self._batch_size = batch_size
         self._task: asyncio.Task[None] | None = None
+        self._sending = False
         self._dropped = metrics.PREDICTION_EVENTS.labels("dropped")
         self._ids = RequestIds()
 
     def offer(self, event: PredictionEventV1) -> bool:
         """Queue ``event`` (with the current trace); False (and counted) when the queue is full."""
-        ctx = trace.get_current_span().get_span_context()
-        traceparent = (f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}" if ctx.is_valid
-                       else None)
-        try:
-            self._queue.put_nowait((event, traceparent))
-        except asyncio.QueueFull:
+        if self._offered >= self._queue_size:
             self._dropped.inc()
             return False
+        self._offered += 1
+        self._queue.put_nowait((event, _traceparent(), None))
         return True
 
-    def _record(self, event: PredictionEventV1, traceparent: str | None) -> Record:
-        value = encode_event(event, event_id=self._ids.next(), source=SOURCE, occurred_at=event.served_at,
+    def deliver(self, event: PredictionEventV1) -> asyncio.Future[None]:
+        """Queue ``event`` (with the current trace) whatever the queue holds; never dropped.
+
+        Returns:
+            A future done when the broker acknowledged the event; it fails with
+            :class:`~tributary_kit.producer.ProducerError` when the broker refused it or it could not be
+            sent, and is cancelled when the publisher stops first. Either way the caller must not
+            count the event as published (a Kafka request's offset stays unstored).
+
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((event, _traceparent(), future))
+        return future
+
+    def _record(self, event: PredictionEventV1, traceparent: str | None, durable: bool) -> Record:
+        event_id = (prediction_event_id(event.request_id, event.model_name, event.model_version, event.route)
+                    if durable else self._ids.next())
+        value = encode_event(event, event_id=event_id, source=SOURCE, occurred_at=event.served_at,
                              traceparent=traceparent)
         return Record(self.topic, value, event.entity_id or event.request_id)
 
@@ -278,22 +307,66 @@ class PredictionPublisher:
             queued = [await self._queue.get()]
             while len(queued) < self._batch_size and not self._queue.empty():
                 queued.append(self._queue.get_nowait())
-            batch = [self._record(event, traceparent) for event, traceparent in queued]
+            self._offered -= sum(1 for _, _, future in queued if future is None)
+            self._sending = True
             try:
-                deliveries = await self._producer.send_many(batch)
-                ok = sum(1 for d in deliveries if d.ok)
-                metrics.PREDICTION_EVENTS.labels("published").inc(ok)
-                metrics.PREDICTION_EVENTS.labels("failed").inc(len(batch) - ok)
-            except ProducerError as exc:
-                metrics.PREDICTION_EVENTS.labels("failed").inc(len(batch))
-                log.warning("prediction events not published", extra={"count": len(batch), "error": str(exc)})
+                await self._send(queued)
+            except asyncio.CancelledError:
+                _fail([f for _, _, f in queued], None)
+                raise
+            finally:
+                self._sending = False
+
+    async def _send(self, queued: list[tuple[PredictionEventV1, str | None, asyncio.Future[None] | None]]
+                    ) -> None:
+        batch = [self._record(event, traceparent, future is not None) for event, traceparent, future in queued]
+        futures = [future for _, _, future in queued]
+        try:
+            deliveries = await self._producer.send_many(batch)
+        except ProducerError as exc:
+            metrics.PREDICTION_EVENTS.labels("failed").inc(len(batch))
+            log.warning("prediction events not published", extra={"count": len(batch), "error": str(exc)})
+            _fail(futures, exc)
+            return
+        ok = 0
+        for delivery, future, (event, _, _) in zip(deliveries, futures, queued, strict=True):
+            if delivery.ok:
+                ok += 1
+                if future is not None and not future.done():
+                    future.set_result(None)
+            elif future is not None and not future.done():
+                future.set_exception(ProducerError(f"prediction event of request {event.request_id!r} refused by "
+                                                   f"the broker: {delivery.error}"))
+        metrics.PREDICTION_EVENTS.labels("published").inc(ok)
+        metrics.PREDICTION_EVENTS.labels("failed").inc(len(batch) - ok)
+
+    async def idle(self) -> None:
+        """Return once every queued event was sent and answered for (polls; for shutdown and tests)."""
+        while not self._queue.empty() or self._sending:
+            await asyncio.sleep(0.01)
 
     async def stop(self, timeout_s: float = 5.0) -> None:
-        """Publish what is queued (up to ``timeout_s``), then stop."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not self._queue.empty() and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        """Publish what is queued (up to ``timeout_s``), then stop; undelivered futures are cancelled."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.idle(), timeout_s)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        while not self._queue.empty():
+            _fail([self._queue.get_nowait()[2]], None)
+
+
+def _traceparent() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}" if ctx.is_valid else None
+
+
+def _fail(futures: list[asyncio.Future[None] | None], exc: BaseException | None) -> None:
+    """Fail (``exc``) or cancel (None) the futures not done yet."""
+    for future in futures:
+        if future is not None and not future.done():
+            if exc is None:
+                future.cancel()
+            else:
+                future.set_exception(exc)

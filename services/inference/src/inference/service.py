@@ -6,7 +6,9 @@ The core picks the version (sticky canary routing on the caller's key), checks t
 against the version's signature, runs it on Triton within the deadline (or on the onnxruntime
 fallback when Triton is unreachable and the fallback is on), and then, without making the caller
 wait: mirrors to the shadow version, compares canary answers with the champion's, records the
-canary evidence, and queues a ``PredictionEventV1``.
+canary evidence, and queues a ``PredictionEventV1``. A request read from Kafka asks for a durable
+event instead (``durable_event``): it is never dropped, and the result carries a future done when
+the broker acknowledged it, so the consumer stores the request's offset only after that.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -82,7 +84,11 @@ class PredictionSink(Protocol):
     """Where prediction events go (:class:`inference.kafka.PredictionPublisher`)."""
 
     def offer(self, event: PredictionEventV1) -> bool:
-        """Queue one event without waiting."""
+        """Queue one event without waiting; False when it was dropped (the queue is full)."""
+        ...
+
+    def deliver(self, event: PredictionEventV1) -> asyncio.Future[None]:
+        """Queue one event that must not be dropped; the future is done once the broker acknowledged it."""
         ...
 
 
@@ -103,6 +109,11 @@ class InferRequest:
     protocol: str = "rest"
     traceparent: str | None = None
     """The caller's W3C trace context, continued by the ``inference.infer`` span."""
+    durable_event: bool = False
+    """The prediction event must reach the broker before the request counts as handled (requests read
+    from Kafka: their offset is stored only then). The event is never dropped and the result's
+    ``event_delivery`` is done once the broker acknowledged it; otherwise it is offered in the
+    background and may be dropped when the queue is full."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +127,9 @@ class InferResult:
     request_id: str
     backend: str
     latency_ms: float
+    event_delivery: asyncio.Future[None] | None = None
+    """For a ``durable_event`` request: done when the broker acknowledged its prediction event (fails
+    when it refused it); None otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +142,8 @@ class PredictRequest:
     dataset: str | None = None
     version: int | None = None
     request_id: str = ""
+    durable_event: bool = False
+    """As :attr:`InferRequest.durable_event`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,9 +249,15 @@ class InferenceService:
                 latency_ms = (time.perf_counter() - started) * 1000
                 result = InferResult(request.model, version, route_name, outputs, request_id, backend, latency_ms)
                 self.stats.record(request.model, version, latency_ms=latency_ms, ok=True)
+                event = None
+                if request.durable_event:
+                    # Made now, so the caller can wait for the broker before it counts the request
+                    # as handled (a Kafka request's offset); same id when the request comes again.
+                    event = self._event(request, route, result)
+                    result = replace(result, event_delivery=self.predictions.deliver(event))
                 # Mirrors, comparison, the prediction event and the label join run once the caller
                 # has its answer (the next turn of the event loop), in this request's trace.
-                asyncio.get_running_loop().call_soon(self._after, request, route, result)
+                asyncio.get_running_loop().call_soon(self._after, request, route, result, event)
             status = "200"
             return result
         except InferenceError as exc:
@@ -363,22 +385,29 @@ class InferenceService:
                                       request_id=job.request_id, entity=job.entity, dataset=job.dataset,
                                       features=job.features or {}, latency_ms=latency_ms))
 
-    def _after(self, request: InferRequest, route: ModelRoute, result: InferResult) -> None:
-        # Everything here is fire-and-forget: the caller's answer never waits for it.
+    def _after(self, request: InferRequest, route: ModelRoute, result: InferResult,
+               delivered: PredictionEventV1 | None) -> None:
+        # Everything here is fire-and-forget: the caller's answer never waits for it (a durable
+        # request's event was handed to the publisher already: `delivered`).
         if route.shadow is not None and route.shadow != result.version:
             self.mirror.offer(MirrorJob("shadow", request.model, route.shadow, request.inputs, request.outputs,
                                         result.outputs, result.version, result.request_id, request.entity,
                                         request.dataset, request.features))
-        alias = _alias_of(route, result)
-        if alias == "canary" and self.compare_canary and route.champion is not None:
+        if _alias_of(route, result) == "canary" and self.compare_canary and route.champion is not None:
             self.mirror.offer(MirrorJob("compare", request.model, route.champion, request.inputs, request.outputs,
                                         result.outputs, result.version, result.request_id))
-        event = _event(model=request.model, version=result.version, route=alias, outputs=result.outputs,
-                       request_id=result.request_id, entity=request.entity, dataset=request.dataset,
-                       features=request.features, latency_ms=result.latency_ms)
-        self.predictions.offer(event)
+        event = delivered
+        if event is None:
+            event = self._event(request, route, result)
+            self.predictions.offer(event)
         if request.entity is not None:
             self.labels.remember(request.entity, request.model, result.version, event.prediction)
+
+    @staticmethod
+    def _event(request: InferRequest, route: ModelRoute, result: InferResult) -> PredictionEventV1:
+        return _event(model=request.model, version=result.version, route=_alias_of(route, result),
+                      outputs=result.outputs, request_id=result.request_id, entity=request.entity,
+                      dataset=request.dataset, features=request.features, latency_ms=result.latency_ms)
 
     # -- /v1/predict ----------------------------------------------------------------------------
 
@@ -424,7 +453,8 @@ class InferenceService:
             inputs = self._feature_tensors(request.model, signature, names, per_feature, merged)
         result = await self.infer(InferRequest(model=request.model, inputs=inputs, entity=request.entity,
                                                version=request.version, request_id=request.request_id,
-                                               dataset=dataset, features=merged, protocol="predict"))
+                                               dataset=dataset, features=merged, protocol="predict",
+                                               durable_event=request.durable_event))
         return PredictResult(result, decide_prediction(result.outputs), from_request, sorted(from_store), store_ok)
 
     async def _contract(self, model: str, version: int, signature: Signature) -> InputContract | None:

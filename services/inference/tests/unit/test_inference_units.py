@@ -167,10 +167,16 @@ class _Backend:
 class _Sink:
     def __init__(self) -> None:
         self.events: list[Any] = []
+        self.delivered: list[tuple[Any, asyncio.Future[None]]] = []
 
     def offer(self, event: Any) -> bool:
         self.events.append(event)
         return True
+
+    def deliver(self, event: Any) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.delivered.append((event, future))
+        return future
 
 
 def _service(backend: _Backend, fallback: _Backend | None = None, *, max_inflight: int = 10,
@@ -186,6 +192,23 @@ def _service(backend: _Backend, fallback: _Backend | None = None, *, max_infligh
 
 
 X = [Tensor("x", "FP32", np.zeros((1, 4), np.float32))]
+
+
+async def test_a_durable_request_hands_its_event_over_with_the_answer_and_offers_nothing() -> None:
+    service, sink = _service(_Backend("triton"), route=ModelRoute("m", champion=1, canary=2, canary_weight=0.5))
+    result = await service.infer(InferRequest(model="m", inputs=X, entity="c-1", request_id="r-1",
+                                              protocol="kafka", durable_event=True))
+    assert len(sink.delivered) == 1 and result.event_delivery is sink.delivered[0][1]
+    event = sink.delivered[0][0]
+    assert (event.request_id, event.model_version, event.route) == ("r-1", result.version, result.route)
+    await asyncio.sleep(0)  # the background part ran: it must not offer the event a second time
+    assert sink.events == []
+    plain = await service.infer(InferRequest(model="m", inputs=X, entity="c-1", request_id="r-2"))
+    await asyncio.sleep(0)
+    assert plain.event_delivery is None and [e.request_id for e in sink.events] == ["r-2"]
+    assert len(sink.delivered) == 1
+    for _, future in sink.delivered:
+        future.cancel()
 
 
 async def test_core_routes_publishes_and_falls_back() -> None:
