@@ -186,8 +186,8 @@ class Acked:
         for index, value in enumerate(values[: max(self.sent, 0)]):
             positions.setdefault(value, []).append(index)
         out: dict[int, str] = {}
-        for reason, value in self._failures:
-            candidates = positions.get(value)
+        for reason, refused in self._failures:
+            candidates = positions.get(refused)
             if candidates:
                 out[candidates.pop(0)] = reason
         return out

@@ -14,7 +14,11 @@ from ingest.validation import Kind, parse_one_json
 
 
 def build_producer(settings: Settings) -> AsyncProducer:
-    """The idempotent, acks=all producer every request publishes through."""
+    """The idempotent, acks=all producer every request publishes through.
+
+    Delivery reports are served on the event loop: a reporting thread would take the GIL once
+    per record from a loop that is busy decoding the next batch.
+    """
     config = {
         "bootstrap.servers": settings.kafka_bootstrap,
         "client.id": "ingest",
@@ -22,7 +26,7 @@ def build_producer(settings: Settings) -> AsyncProducer:
         "queue.buffering.max.messages": settings.queue_max_messages,
         **settings.producer_config,
     }
-    return AsyncProducer(config, enqueue_timeout_s=settings.enqueue_timeout_s)
+    return AsyncProducer(config, enqueue_timeout_s=settings.enqueue_timeout_s, reports_on_loop=True)
 
 
 def build_raw_consumer(settings: Settings) -> Consumer:

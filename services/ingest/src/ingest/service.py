@@ -20,7 +20,7 @@ from schemas.deadletter import Problem
 from schemas.topics import FEATURES, LABELS, dlq
 from tributary_kit.codec import encode, encode_event, encode_event_payloads
 from tributary_kit.deadletter import dead_letter
-from tributary_kit.producer import AsyncProducer, ProducerQueueFull, Record, RecordTuple, Sent
+from tributary_kit.producer import Acked, AsyncProducer, ProducerQueueFull, Record, RecordTuple, Sent
 from tributary_kit.telemetry import current_traceparent
 
 from ingest import metrics
@@ -87,9 +87,9 @@ class IngestResult:
     _records: list[int] = field(default_factory=list)  # per accepted event: its record's index
 
     def where(self, n: int) -> Accepted:
-        """The ``n``-th accepted event with its partition and offset."""
+        """The ``n``-th accepted event with its partition and offset (not kept for checked batches)."""
         if self._sent is None:
-            raise IndexError("nothing was published")
+            raise IndexError("no positions were kept: nothing was published, or a checked batch")
         delivery = self._sent.delivery(self._records[n])
         return Accepted(self.accepted[n], delivery.partition, delivery.offset)
 
@@ -127,7 +127,8 @@ class IngestService:
 
         The path of batches the compiled validator took whole (see :mod:`ingest.spec_models`):
         ``payloads`` holds each event's JSON as the validator encoded it; no per-row checks, one
-        envelope pass, one producer batch.
+        envelope pass, one producer batch with one delivery callback for all its records.
+        Partitions and offsets are not kept (:meth:`IngestResult.where` does not answer).
 
         Raises:
             Overloaded: the producer queue stayed full; ``accepted`` lists what was published.
@@ -141,9 +142,38 @@ class IngestService:
             event_ids = [e.event_id for e in events]
             values = encode_event_payloads(payloads, event_ids, event_type=topic, source=self._source,
                                            occurred_at=datetime.now(UTC), traceparent=current_traceparent())
-            records = [(topic, value, event.entity_id) for value, event in zip(values, events, strict=True)]
-            await self._publish(records, event_ids, result, kind=kind, origin=origin, dlq_topic=dlq(topic))
+            acked = await self._producer.send_values(topic, values, [e.entity_id for e in events])
+            self._account_checked(acked, values, event_ids, result, kind=kind, origin=origin)
         return result
+
+    @staticmethod
+    def _account_checked(acked: Acked, values: Sequence[bytes], event_ids: list[str], result: IngestResult, *,
+                         kind: Kind, origin: Origin) -> None:
+        """Record what became of a checked batch; raise when not every event is in Kafka."""
+        if acked.ok and acked.sent == len(event_ids):
+            result.accepted = event_ids
+            metrics.EVENTS.labels(kind, origin, "accepted").inc(len(event_ids))
+            return
+        errors = acked.errors(values)
+        if not acked.ok and not errors:  # reports that match no value: trust none of the batch
+            errors = dict.fromkeys(range(acked.sent), "delivery reports did not match the records sent")
+        result.accepted = [e for i, e in enumerate(event_ids[: acked.sent]) if i not in errors]
+        metrics.EVENTS.labels(kind, origin, "accepted").inc(len(result.accepted))
+        if acked.sent < len(event_ids):
+            metrics.SHED.inc()
+            raise Overloaded(
+                f"ingest is overloaded: {len(result.accepted)} of {len(event_ids)} valid events were published "
+                "before the producer queue filled up; send the rest again after Retry-After (resending "
+                "accepted events is safe: consumers deduplicate by event id)",
+                accepted=list(result.accepted),
+            )
+        failed = [event_ids[i] for i in sorted(errors)]
+        metrics.EVENTS.labels(kind, origin, "failed").inc(len(failed))
+        raise BrokerUnavailable(
+            f"the broker did not acknowledge {len(failed)} records ({errors[min(errors)]}); send them again "
+            "(resending is safe: consumers deduplicate by event id)",
+            accepted=list(result.accepted), failed=failed,
+        )
 
     async def ingest(self, kind: Kind, rows: Sequence[Row], *, origin: Origin,
                      source_topic: str | None = None) -> IngestResult:

@@ -117,6 +117,12 @@ def test_a_stopped_broker_gives_503_with_retry_after_and_not_ready(private_broke
         assert response.headers["retry-after"] == "1"
         assert response.json()["failed_event_ids"] == [event["event_id"]]
         assert "send them again" in response.json()["message"]
+        # A checked batch (the compiled fast path) names every event the broker did not take.
+        batch = [make_event(name) for _ in range(3)]
+        response = client.post("/v1/events/batch", json=batch)
+        assert response.status_code == 503, response.text
+        assert response.json()["failed_event_ids"] == [e["event_id"] for e in batch]
+        assert response.json()["accepted_event_ids"] == []
         ready = client.get("/readyz")
         assert ready.status_code == 503 and "Kafka broker unreachable" in ready.json()["reason"]
 
