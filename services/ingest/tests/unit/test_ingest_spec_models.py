@@ -246,6 +246,20 @@ def test_times_the_structs_would_round_go_to_the_row_path() -> None:
     for when in ("2026-11-22T03:00:00.1234567+00:00", "2026-11-22T03:00:00\\u002e1234567Z"):
         body = json.dumps([_event("tiers", {"x": 1})]).replace("2026-11-22T03:00:00+00:00", when).encode()
         assert VALIDATOR.validate_json(body) is None, when
+        # Also with an escaped key, or without spaces around the colon.
+        for variant in (body.replace(b'"event_time"', b'"event\\u005ftime"'), body.replace(b'": "', b'":"')):
+            assert VALIDATOR.validate_json(variant) is None, variant
         reference = validate_row(json.loads(body)[0], "features", COMPILED.get, row=0)
         assert not isinstance(reference, list)
         assert reference.event_time.microsecond == 123456
+    escaped_colon = json.dumps([_event("tiers", {"x": 1})]).replace("2026-11-22T03:00:00+00:00",
+                                                                    "2026-11-22T03\\u003a00:00.1234567Z")
+    assert VALIDATOR.validate_json(escaped_colon.encode()) is None
+
+
+def test_other_escapes_and_long_decimals_stay_on_the_fast_path() -> None:
+    event = _event("credit", {"income": 12.123456789012, "ratio": 0.1234567, "segment": "a"})
+    body = json.dumps([{**event, "entity_id": "Zo\u00e9"}]).encode()  # ensure_ascii: "Zo\\u00e9"
+    assert b"\\u00e9" in body
+    events = VALIDATOR.validate_json(body)
+    assert events is not None and events[0].entity_id == "Zo\u00e9"
