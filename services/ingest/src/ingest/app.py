@@ -86,7 +86,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(api.router)
     app.add_exception_handler(IngestError, api.on_ingest_error)
     app.add_exception_handler(RequestValidationError, _on_invalid_request)
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics")
+    # No spans per ASGI receive/send message: a 1000-event body arrives in several chunks, and each
+    # span costs about 16 µs of CPU for nothing the request span does not already say.
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics",
+                                       exclude_spans=["receive", "send"])
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
