@@ -15,8 +15,9 @@ from confluent_kafka import KafkaException
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from schemas.dataset import DatasetSpec
+from schemas.deadletter import Problem
 
 from ingest import metrics
 from ingest.bodies import Checked, TooLarge, decode_batch, decode_single, read_limited
@@ -118,6 +119,41 @@ class DatasetsPublic(BaseModel):
     datasets: list[DatasetPublic]
 
 
+class ErrorPublic(BaseModel):
+    """Every refusal: a stable code, what went wrong and what to do; for batches, what was kept."""
+
+    error: str = Field(description="Stable machine-readable reason, e.g. `unknown_dataset`, `rejected`.")
+    message: str = Field(description="What went wrong and what to do about it.")
+    total: int | None = Field(default=None, description="Events in the request (partly refused batches).")
+    accepted: int | None = Field(default=None, description="Events published (partly refused batches).")
+    rejected: int | None = Field(default=None, description="Events refused and dead-lettered.")
+    accepted_event_ids: list[str] | None = Field(
+        default=None, description="Ids of the events that are durably in Kafka: do not send them again.")
+    failed_event_ids: list[str] | None = Field(default=None, description="Ids the broker did not store: resend.")
+    problems: list[Problem] | None = Field(default=None, description="Every bad row and field.")
+
+
+_WHY: dict[int, str] = {
+    400: "the body is not readable (not JSON, not an array, a name mismatch)",
+    404: "the dataset is not registered",
+    409: "a different spec exists under the name",
+    413: "the body or an event is over the configured limit",
+    415: "the content type is not JSON (or NDJSON for batches)",
+    422: "events or the spec failed validation: every bad row and field is named, the rows are dead-lettered "
+         "and the valid ones of a batch were published (`accepted_event_ids`)",
+    429: "the producer queue is full; retry after `Retry-After` seconds",
+    503: "the broker did not acknowledge in time; retry the `failed_event_ids` after `Retry-After` seconds",
+}
+
+
+def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer, each with :class:`ErrorPublic`."""
+    return {code: {"model": ErrorPublic, "description": _WHY[code]} for code in codes}
+
+
+EVENT_REFUSALS = refusals(400, 404, 413, 415, 422, 429, 503)
+
+
 def _body_doc(kind: Kind, batch: bool) -> dict[str, Any]:
     model = "FeatureEventV1" if kind == "features" else "LabelEventV1"
     schema: dict[str, Any] = {"$ref": f"#/components/schemas/{model}"}
@@ -169,7 +205,8 @@ async def _events(request: Request, kind: Kind, *, batch: bool, service: IngestS
         metrics.REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
 
 
-@router.post("/v1/events", response_model=EventAccepted, tags=["events"], openapi_extra=_body_doc("features", False))
+@router.post("/v1/events", response_model=EventAccepted, tags=["events"], openapi_extra=_body_doc("features", False),
+             responses=EVENT_REFUSALS)
 async def post_event(request: Request, service: ServiceDep, settings: SettingsDep) -> EventAccepted:
     """Publish one feature event; answers once the broker acknowledged it."""
     result = await _events(request, "features", batch=False, service=service, settings=settings)
@@ -178,14 +215,15 @@ async def post_event(request: Request, service: ServiceDep, settings: SettingsDe
 
 
 @router.post("/v1/events/batch", response_model=BatchAccepted, tags=["events"],
-             openapi_extra=_body_doc("features", True))
+             openapi_extra=_body_doc("features", True), responses=EVENT_REFUSALS)
 async def post_events(request: Request, service: ServiceDep, settings: SettingsDep) -> BatchAccepted:
     """Publish a batch of feature events (JSON array or NDJSON); invalid rows are dead-lettered."""
     result = await _events(request, "features", batch=True, service=service, settings=settings)
     return BatchAccepted(total=result.total, accepted=len(result.accepted))
 
 
-@router.post("/v1/labels", response_model=EventAccepted, tags=["events"], openapi_extra=_body_doc("labels", False))
+@router.post("/v1/labels", response_model=EventAccepted, tags=["events"], openapi_extra=_body_doc("labels", False),
+             responses=EVENT_REFUSALS)
 async def post_label(request: Request, service: ServiceDep, settings: SettingsDep) -> EventAccepted:
     """Publish one label event."""
     result = await _events(request, "labels", batch=False, service=service, settings=settings)
@@ -194,7 +232,7 @@ async def post_label(request: Request, service: ServiceDep, settings: SettingsDe
 
 
 @router.post("/v1/labels/batch", response_model=BatchAccepted, tags=["events"],
-             openapi_extra=_body_doc("labels", True))
+             openapi_extra=_body_doc("labels", True), responses=EVENT_REFUSALS)
 async def post_labels(request: Request, service: ServiceDep, settings: SettingsDep) -> BatchAccepted:
     """Publish a batch of label events (JSON array or NDJSON)."""
     result = await _events(request, "labels", batch=True, service=service, settings=settings)
@@ -205,8 +243,9 @@ def _public(entry: RegisteredSpec) -> DatasetPublic:
     return DatasetPublic(spec=entry.spec, revision=entry.revision, registered_at=entry.registered_at)
 
 
-@router.post("/v1/datasets", response_model=DatasetPublic, tags=["datasets"],
-             responses={409: {"description": "a different spec exists under the name"}})
+@router.post("/v1/datasets", response_model=DatasetPublic, tags=["datasets"], status_code=status.HTTP_201_CREATED,
+             responses={200: {"model": DatasetPublic, "description": "the identical spec was already registered"},
+                        **refusals(409, 422, 503)})
 async def create_dataset(spec: DatasetSpec, response: Response, catalogue: CatalogueDep,
                          producer: ProducerDep) -> DatasetPublic:
     """Register a dataset spec (201); the identical spec again is a no-op (200)."""
@@ -215,7 +254,9 @@ async def create_dataset(spec: DatasetSpec, response: Response, catalogue: Catal
     return _public(entry)
 
 
-@router.put("/v1/datasets/{name}", response_model=DatasetPublic, tags=["datasets"])
+@router.put("/v1/datasets/{name}", response_model=DatasetPublic, tags=["datasets"],
+            responses={201: {"model": DatasetPublic, "description": "a new dataset was registered"},
+                       **refusals(400, 422, 503)})
 async def replace_dataset(name: str, spec: DatasetSpec, response: Response, catalogue: CatalogueDep,
                           producer: ProducerDep) -> DatasetPublic:
     """Register or replace the spec of ``name``; the revision counts replacements."""
@@ -233,7 +274,7 @@ async def list_datasets(catalogue: CatalogueDep) -> DatasetsPublic:
     return DatasetsPublic(datasets=[_public(e) for e in catalogue.all()])
 
 
-@router.get("/v1/datasets/{name}", response_model=DatasetPublic, tags=["datasets"])
+@router.get("/v1/datasets/{name}", response_model=DatasetPublic, tags=["datasets"], responses=refusals(404))
 async def get_dataset(name: str, catalogue: CatalogueDep) -> DatasetPublic:
     """The current spec of one dataset."""
     return _public(catalogue.entry(name))
