@@ -7,12 +7,14 @@ one small ONNX model, and the gateway as its own process (``python -m inference`
   ``tritonclient.grpc``, once against Triton and once against the gateway: the gateway's overhead;
 * throughput of concurrent gRPC calls through the gateway with no shadow, then with every request
   mirrored to a shadow version;
-* rows/s and p95 at concurrency 16, through the gateway and to Triton directly, to a model with
-  Triton's dynamic batching against the same model without it, with the average batch Triton
-  formed (its statistics). Twice: on the small model above, where a call's cost is all per-request
-  overhead (client, gRPC, Triton's Python backend) so batching has nothing to amortise, and on a
-  wider MLP (1024 -> 2048 -> 2048 -> 2048 -> 1, 42 MB of FP32 weights, about 2.5 ms per
-  single-row run on one core), where a batch of 16 costs far less than 16 single rows.
+* rows/s and p95 at concurrency 16, through the gateway (coalescing concurrent requests per version,
+  the default), through a second gateway with coalescing off, and to Triton directly, to a model
+  with Triton's dynamic batching against the same model without it, with the average batch Triton
+  formed (its statistics) and each gateway's CPU per request. Twice: on the small model above,
+  where a call's cost is all per-request overhead (client, gRPC, Triton's Python backend) so
+  batching has nothing to amortise, and on a wider MLP (1024 -> 2048 -> 2048 -> 2048 -> 1, 42 MB
+  of FP32 weights, about 2.5 ms per single-row run on one core), where a batch of 16 costs far
+  less than 16 single rows.
 
 Everything shares one machine (on the reference box: 2 cores), so client, gateway and Triton
 compete for CPU; the figures are what this machine does, not a capacity claim.
@@ -193,20 +195,27 @@ def run(*, quick: bool = False) -> list[tuple[str, str, str, str, str]]:
         triton = TritonServer(tmp / "triton-repo", tmp / "triton")
         python_backend_repository(registry, triton.repository)
         redis, redis_url = _redis(tmp)
-        port, grpc_port = free_port(), free_port()
+        port, grpc_port, off_port, off_grpc_port = free_port(), free_port(), free_port(), free_port()
+        common = {"INFERENCE_TRITON_GRPC_URL": triton.grpc_url, "INFERENCE_REDIS_URL": redis_url,
+                  "INFERENCE_KAFKA_BOOTSTRAP": broker.bootstrap, "INFERENCE_LOG_LEVEL": "WARNING",
+                  "INFERENCE_CANARY_ANALYSIS": "false", "INFERENCE_MAX_INFLIGHT": "1024"}
         gateway = ServiceProcess("inference", "inference", {
-            "INFERENCE_TRITON_GRPC_URL": triton.grpc_url, "INFERENCE_REDIS_URL": redis_url,
-            "INFERENCE_KAFKA_BOOTSTRAP": broker.bootstrap, "INFERENCE_PORT": str(port),
-            "INFERENCE_GRPC_PORT": str(grpc_port), "INFERENCE_LOG_LEVEL": "WARNING",
-            "INFERENCE_CANARY_ANALYSIS": "false", "INFERENCE_MAX_INFLIGHT": "1024",
+            **common, "INFERENCE_PORT": str(port), "INFERENCE_GRPC_PORT": str(grpc_port),
         }, ready_url=f"http://127.0.0.1:{port}/readyz", log_path=tmp / "inference.log")
+        # The same gateway without coalescing, for the batching comparison in the same run.
+        uncoalesced = ServiceProcess("inference", "inference", {
+            **common, "INFERENCE_PORT": str(off_port), "INFERENCE_GRPC_PORT": str(off_grpc_port),
+            "INFERENCE_COALESCE": "off",
+        }, ready_url=f"http://127.0.0.1:{off_port}/readyz", log_path=tmp / "inference-uncoalesced.log")
         try:
             broker.start()
             triton.start()
             for model in MODELS:
                 triton.load(model)
             gateway.start()
+            uncoalesced.start()
             url, gw_grpc = f"127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
+            off_grpc = f"127.0.0.1:{off_grpc_port}"
             for model in MODELS:
                 httpx.put(f"http://{url}/v1/rollout/{model}", json={"alias": "champion", "version": 1,
                                                                     "reason": "benchmark"}).raise_for_status()
@@ -253,22 +262,31 @@ def run(*, quick: bool = False) -> list[tuple[str, str, str, str, str]]:
                     ("bench", "bench_unbatched", FEATURES, "small MLP 16-32-1, 2 KB"),
                     ("wide", "wide_unbatched", WIDE_FEATURES, "wide MLP 1024-2048x3-1, 42 MB")):
                 n_batch = n_conc if features == FEATURES else n_conc // 4
-                for where, target in (("gateway", gw_grpc), ("Triton direct", triton.grpc_url)):
+                assert uncoalesced.process is not None
+                for where, target, pid in (("gateway", gw_grpc, gateway.process.pid),
+                                           ("gateway, coalescing off", off_grpc, uncoalesced.process.pid),
+                                           ("Triton direct", triton.grpc_url, None)):
                     figures = []
                     for model in (batched, unbatched):
                         before = _average_batch(triton.http_url, model)
+                        cpu_before = _cpu_s(pid) if pid is not None else 0.0
                         rps, lat = asyncio.run(_concurrent(target, model, requests=n_batch, concurrency=16,
                                                            features=features))
+                        cpu_ms = (_cpu_s(pid) - cpu_before) / (2 * n_batch) * 1000 if pid is not None else 0.0
                         counts = _average_batch(triton.http_url, model, before)
-                        figures.append((rps, _pcts(lat)[1], counts["inferences"] / max(1, counts["executions"])))
-                    (b_rps, b95, b_avg), (u_rps, u95, _) = figures
+                        figures.append((rps, _pcts(lat)[1], counts["inferences"] / max(1, counts["executions"]),
+                                        cpu_ms))
+                    (b_rps, b95, b_avg, b_cpu), (u_rps, u95, _, u_cpu) = figures
+                    cpu = f"; gateway CPU per request {b_cpu:.2f} / {u_cpu:.2f} ms" if pid is not None else ""
                     print(f"dynamic batching, {label}, {where}, 16 concurrent: {b_rps:,.0f} rows/s p95 {b95:.1f} ms "
-                          f"(Triton's average batch {b_avg:.1f}); unbatched {u_rps:,.0f} rows/s p95 {u95:.1f} ms")
+                          f"(Triton's average batch {b_avg:.1f}); unbatched {u_rps:,.0f} rows/s p95 {u95:.1f} ms"
+                          f"{cpu}")
                     rows.append((f"dynamic batching, {label}, {where}, 16 concurrent: rows/s / p95 "
-                                 f"(average batch {b_avg:.1f})", f"{b_rps:,.0f} / {b95:.1f} ms",
+                                 f"(average batch {b_avg:.1f}{cpu})", f"{b_rps:,.0f} / {b95:.1f} ms",
                                  f"{u_rps:,.0f} / {u95:.1f} ms (unbatched)",
                                  f"{b_rps / u_rps:.2f} / {b95 / u95:.2f}", ">= 3 / <= 2"))
         finally:
+            uncoalesced.stop()
             gateway.stop()
             triton.stop()
             redis.terminate()

@@ -31,6 +31,7 @@ from tributary_kit.telemetry import build_tracer_provider
 from inference import __version__, api, infer_asgi
 from inference.aliases import AliasWriter, LocalAliases, ReadOnlyAliases, RegistryAliases
 from inference.canary import CanaryAnalyzer, CanaryStats, LabelJoin, Policy
+from inference.coalesce import Coalescer
 from inference.consumer import RequestHandler
 from inference.contracts import RegistryContracts
 from inference.errors import InferenceError
@@ -39,7 +40,7 @@ from inference.features import OnlineStore
 from inference.grpc_server import build_server
 from inference.kafka import EventConsumer, PredictionPublisher, build_consumer, build_producer, publish
 from inference.rollout import RolloutState
-from inference.service import InferenceService
+from inference.service import Backend, InferenceService
 from inference.settings import Settings
 from inference.shadow import ShadowMirror
 from inference.triton import TritonBackend
@@ -71,8 +72,10 @@ def create_app(settings: Settings) -> FastAPI:
         redis = Redis.from_url(settings.redis_url, socket_timeout=settings.backend_timeout_s,
                                socket_connect_timeout=settings.backend_timeout_s)
         producer = build_producer(settings)
-        backend = TritonBackend(settings.triton_grpc_url, connections=settings.triton_connections,
-                                timeout_s=settings.backend_timeout_s)
+        triton = TritonBackend(settings.triton_grpc_url, connections=settings.triton_connections,
+                               timeout_s=settings.backend_timeout_s)
+        backend: Backend = (Coalescer(triton, calls=settings.coalesce_calls, dynamic=settings.coalesce == "all")
+                            if settings.coalesce != "off" else triton)
         fallback = OnnxFallback(fallback_root) if fallback_root is not None else None
         contracts = (RegistryContracts(settings.registry_url, timeout_s=settings.registry_timeout_s)
                      if settings.registry_url else None)
@@ -159,7 +162,7 @@ def create_app(settings: Settings) -> FastAPI:
             if settings.canary_analysis:
                 spawn(analyzer.run(stop), "inference-canary-analysis")
             if settings.grpc_port is not None:
-                grpc_server = build_server(service, backend, host=settings.host, port=settings.grpc_port)
+                grpc_server = build_server(service, triton, host=settings.host, port=settings.grpc_port)
                 await grpc_server.start()
             app.state.settings = settings
             app.state.service = service

@@ -73,3 +73,9 @@ ASYNC_REQUESTS = Counter("inference_async_requests_total", "Kafka inference requ
                          ["outcome"])
 DEAD_LETTERS = Counter("inference_dead_letters_total", "Records dead-lettered, by dead-letter topic.", ["topic"])
 LABELS_JOINED = Counter("inference_labels_joined_total", "Label events by outcome (joined|unmatched).", ["outcome"])
+COALESCED = Histogram(
+    "inference_coalesced_requests",
+    "Requests carried by one Triton call of the coalescer, by model (1: the call went alone; see coalesce.py).",
+    ["model"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+)

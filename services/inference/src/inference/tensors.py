@@ -216,3 +216,5 @@ class Signature:
     outputs: list[Spec]
     max_batch_size: int = 0
     platform: str = ""
+    dynamic_batching: bool = False
+    """Whether the backend batches concurrent calls itself (Triton's ``dynamic_batching``)."""

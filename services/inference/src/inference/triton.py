@@ -144,6 +144,7 @@ class TritonBackend:
                      for o in meta["outputs"]],
             max_batch_size=int(config.get("config", {}).get("max_batch_size", 0)),
             platform=str(meta.get("platform", "")),
+            dynamic_batching="dynamic_batching" in config.get("config", {}),
         )
 
     async def ready(self) -> bool:
