@@ -14,8 +14,11 @@ WINDOWS = Counter("drift_windows_total", "Windows closed, by dataset and outcome
                   ["dataset", "outcome"])
 RETRAINS = Counter("drift_retrain_commands_total", "Retrain commands published, by dataset and model.",
                    ["dataset", "model"])
-RECORDS = Counter("drift_records_total", "Records consumed, by topic and outcome (applied|skipped|dead_letter).",
-                  ["topic", "outcome"])
+RECORDS = Counter("drift_records_total", "Records consumed, by topic and outcome (applied|skipped|dead_letter|"
+                  "already_applied: below the partition's position|refetch: after records skipped upstream, "
+                  "waiting for them).", ["topic", "outcome"])
+INPUT_GAPS = Counter("drift_input_gaps_total", "Holes in a delete-policy input partition accepted after a refetch "
+                     "(records deleted before they were read, transaction markers), by topic.", ["topic"])
 REFERENCE_VERSION = Gauge("drift_reference_version", "Model version whose reference the dataset is tested against "
                           "(0: bootstrapped or none).", ["dataset"])
 ERROR_RATE = Gauge("drift_error_rate", "Joined error rate of the last window, by dataset.", ["dataset"])

@@ -87,6 +87,15 @@ class DriftService:
             self._restore_gauges(found)
         return found
 
+    def forget_monitors(self) -> None:
+        """Drop the monitors built so far; each is restored from the store again when next used.
+
+        Called when the table's recovery completes: a monitor built while the changelog was
+        still being read (a status request during a restart) holds a prefix of the state, and
+        the agents would go on from it.
+        """
+        self._monitors.clear()
+
     def restore_gauges(self) -> None:
         """Set the gauges that describe durable state (open drift episode, reference version) from it.
 

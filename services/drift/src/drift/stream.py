@@ -14,16 +14,27 @@ a record that can never be processed goes to ``<topic>.dlq`` with the reason; pu
 (reports, commands, dead letters) is awaited inside the iteration, so offsets are committed
 only after the outputs were acknowledged. A crash before the commit redelivers the record; the
 monitor skips offsets it already applied and reports/commands carry deterministic ids.
+
+Positions: faust's committed offsets run past records no agent saw (it acks records delivered
+while flow control is suspended or for a stale generation, and drops records below its racy
+``Consumer._read_offset``, acking their range as a "gap"). The service therefore resumes
+from its own positions (:class:`~drift.positions.Positions`, in the state table): every agent
+applies a partition's records in offset order from its position, asks for a refetch when
+records before one went missing, and the consumer seeks to the positions whenever faust seeks
+to the committed offsets (after each recovery and rebalance).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import faust
+from faust.types import TP
+from faust.types.transports import ConsumerT
 from faust.types.tuples import FutureMessage
 from opentelemetry import trace
 from schemas.dataset import DatasetSpecRegisteredV1
@@ -37,6 +48,7 @@ from tributary_kit.telemetry import context_from, current_traceparent
 
 from drift import metrics
 from drift.kafka import PoisonMessage, dead_letter_bytes, decode_value, encode_payload
+from drift.positions import Admission, Positions
 from drift.reference import RegistryClient
 from drift.service import DriftService, RecordPosition
 from drift.settings import Settings
@@ -81,6 +93,67 @@ class StreamApp(faust.App):
     """
 
     state_table: StateTable | None = None
+    positions: Positions | None = None
+
+    def _new_consumer(self) -> ConsumerT:
+        """Faust's consumer, which never drops input records and seeks inputs to the positions.
+
+        faust keeps a read offset per partition and silently drops any record below it; it is
+        set from outside the fetch loop (seeks), so records fetched around a seek are dropped
+        and their offsets committed as a gap. The input topics' records all reach the agents
+        instead, which apply them in order from the positions (``Consumer._read_offset`` is
+        private: there is no setting for it).
+        """
+        consumer = super()._new_consumer()
+        consumer._read_offset = _ReadOffsets(frozenset(INPUT_TOPICS))  # type: ignore[attr-defined]
+        perform_seek = consumer.perform_seek
+
+        async def perform_seek_to_positions() -> None:
+            await perform_seek()
+            await self._seek_to_positions(consumer)
+
+        # faust seeks to the committed offsets after each recovery and rebalance, and when a
+        # fetch returns while flow is stopped; the positions are where the inputs resume.
+        setattr(consumer, "perform_seek", perform_seek_to_positions)  # noqa: B010
+        return consumer
+
+    async def _seek_to_positions(self, consumer: ConsumerT) -> None:
+        """Seek every assigned input partition to its position (where faust put it when it has none).
+
+        Called after the table's recovery (faust recovers tables before it seeks the stream
+        partitions); called during a recovery, an older position only rereads applied records.
+        """
+        positions = self.positions
+        if positions is None:
+            return
+        unknown: list[TP] = []
+        for tp in consumer.assignment():
+            if tp.topic not in INPUT_TOPICS:
+                continue
+            at = positions.stored(tp.topic, tp.partition)
+            if at is not None:
+                # faust commits a partition only from its committed offset on, without holes: a
+                # position past it is reached by rereading (already applied, acknowledged) records.
+                # ``Consumer._committed_offset`` is private; faust's seek has just set it.
+                committed = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
+                if committed is not None and 0 <= committed < at:
+                    at = committed
+                try:
+                    await consumer.seek(tp, at)
+                except Exception:   # revoked meanwhile: its next owner seeks it
+                    log.warning("seek to the position failed", exc_info=True, extra={"tp": str(tp), "offset": at})
+            elif positions.next_offset(tp.topic, tp.partition) is None:
+                unknown.append(tp)
+        if unknown:
+            try:
+                starts = await asyncio.wait_for(asyncio.gather(*(consumer.position(tp) for tp in unknown)),
+                                                POSITION_TIMEOUT_S)
+            except Exception:   # TimeoutError included: the first record applied sets the position
+                log.warning("no start offset for input partitions without a position", exc_info=True)
+                return
+            for tp, start in zip(unknown, starts, strict=True):
+                if start is not None:
+                    positions.start_at(tp.topic, tp.partition, start)
 
     def _new_producer(self) -> Any:
         producer = super()._new_producer()
@@ -95,6 +168,26 @@ class StreamApp(faust.App):
         setattr(producer, "flush", flush_with_state)  # noqa: B010
         return producer
 
+
+class _ReadOffsets(defaultdict[TP, int | None]):
+    """faust's read offsets per partition, always unknown (None) for the input topics.
+
+    faust's fetch loop drops every record below a partition's read offset and marks the
+    offsets between two records as an acknowledged gap; with None it does neither.
+    """
+
+    def __init__(self, unfiltered: frozenset[str]) -> None:
+        super().__init__(lambda: None)
+        self.unfiltered = unfiltered
+
+    def __getitem__(self, tp: TP) -> int | None:
+        if tp.topic in self.unfiltered:
+            return None
+        return super().__getitem__(tp)
+
+
+POSITION_TIMEOUT_S = 10.0
+"""Longest wait for the consumer's start offset of an input partition without a position."""
 
 STATE_FLUSH_TIMEOUT_S = 60.0
 """Longest wait for the state's changelog before an offset commit; past it the commit fails (records redelivered)."""
@@ -135,6 +228,10 @@ INPUT_TOPICS: tuple[str, ...] = (topics.DATASET_SPECS, topics.MODEL_REGISTERED, 
                                  topics.PREDICTIONS, topics.LABELS)
 """Every topic the stream's consumer group reads (its lag is exported)."""
 
+CONTIGUOUS_TOPICS: frozenset[str] = frozenset(
+    name for name in INPUT_TOPICS if topics.CATALOGUE[name].cleanup_policy == "delete")
+"""Inputs whose offsets have no holes (delete policy): a record after a hole waits for a refetch."""
+
 
 def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
@@ -168,6 +265,22 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
                        schema=faust.Schema(key_serializer="json", value_serializer="json"))
     app.tables.add(state)
     app.state_table = state
+
+    async def refetch(topic: str, partition: int, offset: int) -> None:
+        try:
+            await app.consumer.seek(TP(topic, partition), offset)
+        except Exception:  # not assigned any more: whoever gets it seeks to the positions
+            log.warning("refetch seek failed", exc_info=True,
+                        extra={"topic": topic, "partition": partition, "offset": offset})
+
+    async def skip_over(topic: str, partition: int, first: int, last: int) -> None:
+        # faust commits a partition up to its first offset not acknowledged; offsets that will
+        # never be delivered are marked the way its own fetch loop marks them (a private method:
+        # that loop no longer sees input holes, see ``_ReadOffsets``).
+        await app.consumer._add_gap(TP(topic, partition), first, last)  # type: ignore[attr-defined]
+
+    positions = app.positions = Positions(state, refetch=refetch, contiguous=CONTIGUOUS_TOPICS,
+                                          skip_over=skip_over)
     service = DriftService(settings.monitor_config(), state, references=registry, publisher=FaustPublisher(app, state),
                            retrain_window_s=settings.retrain_window_s,
                            recovery_objective_s=settings.recovery_objective_s)
@@ -191,6 +304,9 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
         async def process(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
             async for event in stream.events():
                 msg = event.message
+                if await positions.admit(msg.topic, msg.partition, msg.offset) is not Admission.APPLY:
+                    yield None       # acked: the position, not faust's offset, says where to resume
+                    continue
                 try:
                     envelope = decode_value(event.value, payload_type)
                     with spans.start_as_current_span(f"drift.consume {msg.topic}", kind=trace.SpanKind.CONSUMER,
@@ -204,6 +320,7 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
                 except Exception as exc:   # never let faust ack a record silently (STYLE H7)
                     log.exception("record failed; dead-lettered", extra={"topic": msg.topic, "offset": msg.offset})
                     await dead_letter(event, f"processing failed: {type(exc).__name__}: {exc}")
+                positions.applied(msg.topic, msg.partition, msg.offset)   # handled or dead-lettered
                 yield None
 
         process.__name__ = f"drift_{topic_name.replace('.', '_').replace('-', '_')}"
@@ -230,4 +347,9 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
     agent(topics.FEATURES, FeatureEventV1, service.on_features)
     agent(topics.PREDICTIONS, PredictionEventV1, on_prediction)
     agent(topics.LABELS, LabelEventV1, on_label)
+
+    async def on_recovered() -> None:
+        service.forget_monitors()
+
+    state.on_recover(on_recovered)
     return app, service

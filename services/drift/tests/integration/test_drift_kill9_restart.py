@@ -139,8 +139,6 @@ async def uninterrupted(records: list[tuple[int, int, bytes]]) -> list[DriftRepo
     return out.reports
 
 
-@pytest.mark.xfail(reason="known bug (issue 6 open): after kill -9 the window numbering can run ahead of an "
-                          "uninterrupted run; seen in a CI run after the changelog fixes", strict=False)
 async def test_kill_9_mid_window_then_restart_gives_the_windows_of_an_uninterrupted_run(
         kafka_bootstrap: str, make_drift: MakeDrift, unique: str) -> None:
     dataset = f"kill9-{unique}"
