@@ -118,42 +118,37 @@ class StreamApp(faust.App):
         return consumer
 
     async def _seek_to_positions(self, consumer: ConsumerT) -> None:
-        """Seek every assigned input partition to its position (where faust put it when it has none).
+        """Seek every assigned input partition back to its position when faust's seek went past it.
 
         Called after the table's recovery (faust recovers tables before it seeks the stream
         partitions); called during a recovery, an older position only rereads applied records.
+        faust's seek has just set ``Consumer._committed_offset`` (private). Seeks go through the
+        consumer's own thread (``seek_wait``): aiokafka is not thread-safe, and ``Consumer.seek``
+        would move its fetcher from this thread.
         """
         positions = self.positions
         if positions is None:
             return
-        unknown: list[TP] = []
         for tp in consumer.assignment():
             if tp.topic not in INPUT_TOPICS:
                 continue
+            committed = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
+            if committed is not None and committed < 0:
+                committed = None
             at = positions.stored(tp.topic, tp.partition)
-            if at is not None:
-                # faust commits a partition only from its committed offset on, without holes: a
-                # position past it is reached by rereading (already applied, acknowledged) records.
-                # ``Consumer._committed_offset`` is private; faust's seek has just set it.
-                committed = consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
-                if committed is not None and 0 <= committed < at:
-                    at = committed
-                try:
-                    await consumer.seek(tp, at)
-                except Exception:   # revoked meanwhile: its next owner seeks it
-                    log.warning("seek to the position failed", exc_info=True, extra={"tp": str(tp), "offset": at})
-            elif positions.next_offset(tp.topic, tp.partition) is None:
-                unknown.append(tp)
-        if unknown:
+            if at is None:
+                if committed is not None and positions.next_offset(tp.topic, tp.partition) is None:
+                    positions.start_at(tp.topic, tp.partition, committed)
+                continue
+            # faust commits a partition only from its committed offset on, without holes: from a
+            # committed offset at or below the position the records up to it are reread (already
+            # applied, acknowledged), so faust's seek stands.
+            if committed is not None and committed <= at:
+                continue
             try:
-                starts = await asyncio.wait_for(asyncio.gather(*(consumer.position(tp) for tp in unknown)),
-                                                POSITION_TIMEOUT_S)
-            except Exception:   # TimeoutError included: the first record applied sets the position
-                log.warning("no start offset for input partitions without a position", exc_info=True)
-                return
-            for tp, start in zip(unknown, starts, strict=True):
-                if start is not None:
-                    positions.start_at(tp.topic, tp.partition, start)
+                await consumer.seek_wait({tp: at})
+            except Exception:   # revoked meanwhile: its next owner seeks it
+                log.warning("seek to the position failed", exc_info=True, extra={"tp": str(tp), "offset": at})
 
     def _new_producer(self) -> Any:
         producer = super()._new_producer()
@@ -185,9 +180,6 @@ class _ReadOffsets(defaultdict[TP, int | None]):
             return None
         return super().__getitem__(tp)
 
-
-POSITION_TIMEOUT_S = 10.0
-"""Longest wait for the consumer's start offset of an input partition without a position."""
 
 STATE_FLUSH_TIMEOUT_S = 60.0
 """Longest wait for the state's changelog before an offset commit; past it the commit fails (records redelivered)."""
@@ -267,8 +259,8 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
     app.state_table = state
 
     async def refetch(topic: str, partition: int, offset: int) -> None:
-        try:
-            await app.consumer.seek(TP(topic, partition), offset)
+        try:   # on the consumer's thread (aiokafka is not thread-safe), see StreamApp._seek_to_positions
+            await app.consumer.seek_wait({TP(topic, partition): offset})
         except Exception:  # not assigned any more: whoever gets it seeks to the positions
             log.warning("refetch seek failed", exc_info=True,
                         extra={"topic": topic, "partition": partition, "offset": offset})
