@@ -58,6 +58,7 @@ from tributary_kit.codec import encode_event
 from deploy.localstack import ServiceProcess, free_port
 from services.inference.tests.integration.conftest import MODEL, make_topics, v2_body
 from services.inference.tests.onnx_models import all_versions, reference, write_registry_model
+from tests.fixtures.kafka import end_offsets
 from tests.fixtures.triton import TritonServer, add_model
 from tests.reliability.processes import Record, kill9, read_topic, restart, wait_for
 
@@ -151,16 +152,6 @@ class Commits:
 
     def total(self) -> int:
         return sum(max(o, 0) for o in self.offsets().values())
-
-
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """The end (high watermark) of every partition of ``topic``."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ends-{uuid.uuid4()}"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-    finally:
-        consumer.close()
 
 
 def first_and_duplicates(records: list[Record]) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:

@@ -30,6 +30,7 @@ from tributary_kit.telemetry import build_tracer_provider
 
 from inference import __version__, api, infer_asgi
 from inference.aliases import AliasWriter, LocalAliases, ReadOnlyAliases, RegistryAliases
+from inference.backend import Backend
 from inference.canary import CanaryAnalyzer, CanaryStats, LabelJoin, Policy
 from inference.coalesce import Coalescer
 from inference.consumer import RequestHandler
@@ -40,7 +41,7 @@ from inference.features import OnlineStore
 from inference.grpc_server import build_server
 from inference.kafka import EventConsumer, PredictionPublisher, build_consumer, build_producer, publish
 from inference.rollout import RolloutState
-from inference.service import Backend, InferenceService
+from inference.service import InferenceService
 from inference.settings import Settings
 from inference.shadow import ShadowMirror
 from inference.triton import TritonBackend

@@ -25,41 +25,14 @@ import asyncio
 import contextlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
+import numpy as np  # noqa: F401  (the doctests build their tensors with it)
 
 from inference import metrics
+from inference.backend import Backend
 from inference.errors import BackendFailed, BackendTimeout, InferenceError
-from inference.tensors import Signature, Tensor
-
-
-class Runner(Protocol):
-    """What the coalescer calls: one backend call (:meth:`inference.triton.TritonBackend.infer`)."""
-
-    name: str
-
-    async def infer(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None, *,
-                    timeout_s: float, request_id: str = "") -> list[Tensor]:
-        """Run one version on ``inputs``."""
-        ...
-
-    async def signature(self, model: str, version: int) -> Signature:
-        """Inputs, outputs and maximum batch size of one version."""
-        ...
-
-    async def ready(self) -> bool:
-        """Whether the backend serves."""
-        ...
-
-    async def model_ready(self, model: str, version: int) -> bool:
-        """Whether one version is ready."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections."""
-        ...
-
+from inference.tensors import Signature, Tensor, split_rows, stack_rows
 
 LaneKey = tuple[str, int, tuple[str, ...] | None, tuple[tuple[str, str, tuple[int, ...]], ...]]
 
@@ -83,22 +56,8 @@ def lane_of(model: str, version: int, inputs: list[Tensor], outputs: list[str] |
     return model, version, tuple(outputs) if outputs else None, tuple(parts)
 
 
-def merge(parts: list[list[Tensor]]) -> list[Tensor]:
-    """Stack the inputs of several requests of one lane row-wise (same names, in the same order).
-
-    >>> a = [Tensor("x", "FP32", np.zeros((1, 2), np.float32))]
-    >>> b = [Tensor("x", "FP32", np.ones((2, 2), np.float32))]
-    >>> merge([a, b])[0].array.tolist()
-    [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
-    """
-    if len(parts) == 1:
-        return parts[0]
-    return [Tensor(t.name, t.datatype, np.concatenate([p[i].array for p in parts], axis=0))
-            for i, t in enumerate(parts[0])]
-
-
 def split(outputs: list[Tensor], rows: list[int], *, where: str) -> list[list[Tensor]]:
-    """Cut a call's outputs back into each request's rows (``rows`` in the order of :func:`merge`).
+    """Cut a call's outputs back into each request's rows (``rows`` in the order of :func:`stack_rows`).
 
     Raises:
         BackendFailed: an output does not have one row per input row.
@@ -107,18 +66,12 @@ def split(outputs: list[Tensor], rows: list[int], *, where: str) -> list[list[Te
     >>> [[t.array.tolist() for t in p] for p in split(out, [1, 2], where="m v1")]
     [[[[0.0]]], [[[1.0], [2.0]]]]
     """
-    total = sum(rows)
-    for t in outputs:
-        if t.array.ndim == 0 or t.array.shape[0] != total:
-            raise BackendFailed(f"{where} answered a batch of {total} rows with output {t.name!r} of shape "
-                                f"{list(t.array.shape)}; it cannot be split by request")
-    if len(rows) == 1:
-        return [outputs]
-    parts: list[list[Tensor]] = []
-    start = 0
-    for n in rows:
-        parts.append([Tensor(t.name, t.datatype, t.array[start:start + n]) for t in outputs])
-        start += n
+    parts = split_rows(outputs, rows)
+    if parts is None:
+        total = sum(rows)
+        t = next(t for t in outputs if t.array.ndim == 0 or t.array.shape[0] != total)
+        raise BackendFailed(f"{where} answered a batch of {total} rows with output {t.name!r} of shape "
+                            f"{list(t.array.shape)}; it cannot be split by request")
     return parts
 
 
@@ -149,7 +102,7 @@ class Coalescer:
     maximum batch size (the core asks for a version's signature before it calls it).
     """
 
-    def __init__(self, runner: Runner, *, calls: int = 1, dynamic: bool = False) -> None:
+    def __init__(self, runner: Backend, *, calls: int = 1, dynamic: bool = False) -> None:
         self.runner = runner
         self.name = runner.name
         self.calls = calls
@@ -266,7 +219,7 @@ class Coalescer:
         try:
             if timeout_s <= 0:
                 raise BackendTimeout(f"Triton did not answer for {model} v{version} in time; retry later")
-            answer = await self.runner.infer(model, version, merge([w.inputs for w in batch]),
+            answer = await self.runner.infer(model, version, stack_rows([w.inputs for w in batch]),
                                              list(outputs) if outputs else None, timeout_s=timeout_s,
                                              request_id=batch[0].request_id)
             parts = split(answer, [w.rows for w in batch], where=f"{model} v{version}")

@@ -29,6 +29,7 @@ from schemas.inference import PredictionEventV1
 from tributary_kit.telemetry import context_from
 
 from inference import metrics
+from inference.backend import Backend
 from inference.canary import CanaryStats, LabelJoin
 from inference.contracts import ContractSource, InputContract
 from inference.errors import (
@@ -53,31 +54,6 @@ log = logging.getLogger(__name__)
 Scalar = float | int | str | None
 
 
-class Backend(Protocol):
-    """Runs model versions: Triton (:mod:`inference.triton`) or onnxruntime (:mod:`inference.fallback`)."""
-
-    name: str
-
-    async def infer(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None, *,
-                    timeout_s: float, request_id: str = "") -> list[Tensor]:
-        """Run one version on ``inputs``."""
-        ...
-
-    async def signature(self, model: str, version: int) -> Signature:
-        """Inputs and outputs of one version."""
-        ...
-
-    async def ready(self) -> bool:
-        """Whether the backend serves."""
-        ...
-
-    async def model_ready(self, model: str, version: int) -> bool:
-        """Whether one version is ready."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections."""
-        ...
 
 
 class PredictionSink(Protocol):

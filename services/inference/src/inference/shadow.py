@@ -26,7 +26,7 @@ import numpy as np
 
 from inference import metrics
 from inference.errors import InferenceError
-from inference.tensors import Tensor
+from inference.tensors import Tensor, split_rows, stack_rows
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +64,6 @@ def _batch_key(job: MirrorJob) -> tuple[object, ...] | None:
 
 def _rows(job: MirrorJob) -> int:
     return int(job.inputs[0].array.shape[0])
-
-
-def split_rows(outputs: list[Tensor], counts: list[int]) -> list[list[Tensor]] | None:
-    """The outputs of a batched call cut back into each job's rows (None: an output has no batch rows).
-
-    >>> out = [Tensor("y", "FP32", np.array([[1.0], [2.0], [3.0]], dtype=np.float32))]
-    >>> [[t.array.ravel().tolist() for t in part] for part in split_rows(out, [1, 2])]
-    [[[1.0]], [[2.0, 3.0]]]
-    """
-    total = sum(counts)
-    if any(t.array.ndim == 0 or t.array.shape[0] != total for t in outputs):
-        return None
-    parts: list[list[Tensor]] = []
-    at = 0
-    for n in counts:
-        parts.append([Tensor(t.name, t.datatype, t.array[at:at + n]) for t in outputs])
-        at += n
-    return parts
 
 
 def divergence(a: list[Tensor], b: list[Tensor]) -> float | None:
@@ -210,9 +192,7 @@ class ShadowMirror:
 
     async def _run_batch(self, jobs: list[MirrorJob]) -> None:
         first = jobs[0]
-        inputs = first.inputs if len(jobs) == 1 else [
-            Tensor(t.name, t.datatype, np.concatenate([j.inputs[k].array for j in jobs]))
-            for k, t in enumerate(first.inputs)]
+        inputs = stack_rows([j.inputs for j in jobs])
         started = time.perf_counter()
         try:
             outputs = await self._run(first.model, first.version, inputs, first.outputs)

@@ -218,3 +218,40 @@ class Signature:
     platform: str = ""
     dynamic_batching: bool = False
     """Whether the backend batches concurrent calls itself (Triton's ``dynamic_batching``)."""
+
+
+def stack_rows(parts: list[list[Tensor]]) -> list[Tensor]:
+    """Stack the inputs of several requests row-wise (same names, in the same order): one batched call.
+
+    >>> a = [Tensor("x", "FP32", np.zeros((1, 2), np.float32))]
+    >>> b = [Tensor("x", "FP32", np.ones((2, 2), np.float32))]
+    >>> stack_rows([a, b])[0].array.tolist()
+    [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+    """
+    if len(parts) == 1:
+        return parts[0]
+    return [Tensor(t.name, t.datatype, np.concatenate([p[i].array for p in parts], axis=0))
+            for i, t in enumerate(parts[0])]
+
+
+def split_rows(outputs: list[Tensor], counts: list[int]) -> list[list[Tensor]] | None:
+    """A batched call's outputs cut back into each request's rows; None when they cannot be.
+
+    ``counts`` are the requests' row counts in the order of :func:`stack_rows`; an output that
+    does not have one row per input row cannot be split.
+
+    >>> out = [Tensor("y", "FP32", np.array([[1.0], [2.0], [3.0]], dtype=np.float32))]
+    >>> [[t.array.ravel().tolist() for t in part] for part in split_rows(out, [1, 2])]
+    [[[1.0]], [[2.0, 3.0]]]
+    """
+    total = sum(counts)
+    if any(t.array.ndim == 0 or t.array.shape[0] != total for t in outputs):
+        return None
+    if len(counts) == 1:
+        return [outputs]
+    parts: list[list[Tensor]] = []
+    at = 0
+    for n in counts:
+        parts.append([Tensor(t.name, t.datatype, t.array[at:at + n]) for t in outputs])
+        at += n
+    return parts

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 from inference import coalesce
-from inference.coalesce import Coalescer, merge, split
+from inference.coalesce import Coalescer, split
 from inference.errors import BackendFailed, BackendTimeout, InvalidInput
-from inference.tensors import Signature, Spec, Tensor
+from inference.tensors import Signature, Spec, Tensor, stack_rows
 
 
 def test_doctests() -> None:
@@ -71,7 +71,7 @@ async def _coalescer(runner: _Runner, calls: int = 1, dynamic: bool = False) -> 
 
 def test_merge_and_split_keep_each_request_s_rows_in_order() -> None:
     parts = [_x(1.0), _x(2.0, 3.0), _x(4.0)]
-    merged = merge(parts)
+    merged = stack_rows(parts)
     assert merged[0].array[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
     out = [Tensor("y", "FP32", merged[0].array[:, :1] * 10)]
     back = split(out, [1, 2, 1], where="m v1")

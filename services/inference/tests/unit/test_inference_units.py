@@ -22,7 +22,7 @@ from inference.tensors import Signature, Spec, Tensor, check_against, from_raw, 
 
 @pytest.mark.parametrize("module", ["inference.routing", "inference.canary", "inference.shadow",
                                     "inference.service", "inference.contracts", "inference.infer_asgi",
-                                    "inference.ids"])
+                                    "inference.ids", "inference.tensors"])
 def test_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
