@@ -320,7 +320,7 @@ def _run_sequence(loop: ClosedLoop, token: str, registry_data: Path, triton: Tri
     # v2: drift's retrain command -> trainer -> registry canary.
     wait_for(lambda: (_json(f"{registry}/v1/models/{model}/aliases/canary") or {}).get("version") == 2,
              "the drift-triggered v2 to become canary", timeout_s=180, logs=procs)
-    add_model(triton, registry_data / "triton", model)
+    add_model(triton, registry_data / "triton", model, versions=(1, 2))
     inference = loop.url("inference")
 
     def serving_both() -> bool:
