@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,8 @@ class AsyncProducer:
         Raises:
             ProducerQueueFull: the local queue stayed full; ``results`` holds the deliveries
                 of the records that were enqueued before it filled up.
+            KafkaException: librdkafka refused a record (e.g. over ``message.max.bytes``),
+                after the records before it were answered for.
 
         """
         sent = Sent(asyncio.get_running_loop(), len(records))
@@ -264,28 +266,19 @@ class AsyncProducer:
         report = sent.on_delivery
         enqueued = 0
         full = False
-        for index, (topic, value, key) in enumerate(records):
-            deadline: float | None = None
-            while True:
+        try:
+            for index, (topic, value, key) in enumerate(records):
+                callback = partial(report, index)
                 try:
-                    produce(topic, value, key, on_delivery=partial(report, index))
-                    enqueued += 1
-                    break
+                    produce(topic, value, key, -1, callback)
                 except BufferError:
-                    now = time.monotonic()
-                    deadline = deadline or now + self._enqueue_timeout_s
-                    if now >= deadline:
+                    if not await self._room(produce, topic, value, key, callback):
                         full = True
                         break
-                    await asyncio.sleep(0.005)
-                except KafkaException:
-                    sent.seal(enqueued)
-                    await self._reported(sent.future)
-                    raise
-            if full:
-                break
-        sent.seal(enqueued)
-        await self._reported(sent.future)
+                enqueued += 1
+        finally:
+            sent.seal(enqueued)
+            await self._reported(sent.future)
         if full:
             raise ProducerQueueFull(
                 f"producer queue full: {enqueued} of {len(records)} records sent, the rest refused",
