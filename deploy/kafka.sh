@@ -11,6 +11,9 @@
 #   KAFKA_DATA_DIR          durable state: logs, metadata, pid, broker.log   [<repo>/.tributary/kafka]
 #   KAFKA_PORT              client listener on 127.0.0.1                     [9092]
 #   KAFKA_CONTROLLER_PORT   KRaft controller listener on 127.0.0.1           [9093]
+#   KAFKA_EXTERNAL_PORT     optional second client listener on 127.0.0.1, for clients that reach
+#                           the broker through another address (a proxy, NAT)   [none]
+#   KAFKA_EXTERNAL_ADVERTISED  host:port the external listener advertises   [127.0.0.1:KAFKA_EXTERNAL_PORT]
 #   KAFKA_HEAP              JVM heap                                         [512m]
 #   KAFKA_START_TIMEOUT     seconds to wait for the broker to answer         [120]
 #   KAFKA_STOP_TIMEOUT      seconds to wait for a controlled shutdown        [60]
@@ -26,6 +29,8 @@ libs="$cache/kafka-$kafka_version/libs"
 data="${KAFKA_DATA_DIR:-$repo/.tributary/kafka}"
 port="${KAFKA_PORT:-9092}"
 cport="${KAFKA_CONTROLLER_PORT:-9093}"
+external="${KAFKA_EXTERNAL_PORT:-}"
+external_advertised="${KAFKA_EXTERNAL_ADVERTISED:-127.0.0.1:$external}"
 heap="${KAFKA_HEAP:-512m}"
 start_timeout="${KAFKA_START_TIMEOUT:-120}"
 stop_timeout="${KAFKA_STOP_TIMEOUT:-60}"
@@ -67,11 +72,11 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport${external:+,EXTERNAL://127.0.0.1:$external}
+advertised.listeners=PLAINTEXT://127.0.0.1:$port${external:+,EXTERNAL://$external_advertised}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT${external:+,EXTERNAL:PLAINTEXT}
 log.dirs=$data/logs
 metadata.log.dir=$data/metadata
 # Topics come from the catalogue in schemas/ (services create them at start-up), never by accident.
@@ -92,6 +97,9 @@ start() {
   if pid="$(running_pid)"; then say "already running (pid $pid) on 127.0.0.1:$port"; return 0; fi
   if port_open "$port"; then die "127.0.0.1:$port is taken by another process; set KAFKA_PORT"; fi
   if port_open "$cport"; then die "127.0.0.1:$cport is taken by another process; set KAFKA_CONTROLLER_PORT"; fi
+  if [[ -n "$external" ]] && port_open "$external"; then
+    die "127.0.0.1:$external is taken by another process; set KAFKA_EXTERNAL_PORT"
+  fi
   mkdir -p "$data/logs" "$data/metadata"
   write_config
   local cp="$libs/*"

@@ -35,7 +35,13 @@ def free_port() -> int:
 class Broker:
     """One real Kafka broker run by ``deploy/kafka.sh``, with its own data folder and ports."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, controller_port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, *, port: int | None = None, controller_port: int | None = None,
+                 external_port: int | None = None, external_advertised: str | None = None) -> None:
+        """A broker of ``data_dir`` on ``port`` (free ports unless given).
+
+        ``external_port``: a second client listener that advertises ``external_advertised``
+        (``host:port``, e.g. a proxy in front of it) to the clients that connect through it.
+        """
         self.data_dir = data_dir
         self.port = port or free_port()
         self.env = {
@@ -44,6 +50,9 @@ class Broker:
             "KAFKA_PORT": str(self.port),
             "KAFKA_CONTROLLER_PORT": str(controller_port or free_port()),
         }
+        if external_port is not None:
+            self.env["KAFKA_EXTERNAL_PORT"] = str(external_port)
+            self.env["KAFKA_EXTERNAL_ADVERTISED"] = external_advertised or f"127.0.0.1:{external_port}"
 
     @property
     def bootstrap(self) -> str:
