@@ -14,7 +14,14 @@ from tributary_kit.deadletter import dead_letter
 P = TypeVar("P", bound=Event)
 SOURCE = "drift"
 
-__all__ = ["SOURCE", "PoisonMessage", "dead_letter_bytes", "decode_value", "encode_payload"]
+APP_ID_HEADER = "drift-app-id"
+"""Record header of every report and retrain command: the app id (consumer group) of the drift
+deployment that published it. Report ids are ``<dataset>-w<index>`` in every deployment, so two
+deployments on one cluster (a staging drift beside production's, a test's beside a fixture's)
+publish the same ids for the same dataset with their own windows; the header tells them apart."""
+
+__all__ = ["APP_ID_HEADER", "SOURCE", "PoisonMessage", "dead_letter_bytes", "decode_value", "encode_payload",
+           "provenance"]
 
 
 def decode_value(raw: bytes | None, payload_type: type[P]) -> Envelope[P]:
@@ -35,6 +42,11 @@ def encode_payload(payload: Event, *, event_id: str, traceparent: str | None = N
     """
     return encode_event(payload, event_id=event_id, source=SOURCE, occurred_at=datetime.now(UTC),
                         traceparent=traceparent)
+
+
+def provenance(app_id: str) -> dict[str, bytes]:
+    """The record headers naming the deployment that publishes a report or command."""
+    return {APP_ID_HEADER: app_id.encode()}
 
 
 def dead_letter_bytes(*, topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None,

@@ -47,7 +47,7 @@ from schemas.training import RetrainCommandV1
 from tributary_kit.telemetry import context_from, current_traceparent
 
 from drift import metrics
-from drift.kafka import PoisonMessage, dead_letter_bytes, decode_value, encode_payload
+from drift.kafka import PoisonMessage, dead_letter_bytes, decode_value, encode_payload, provenance
 from drift.positions import Admission, Positions
 from drift.reference import RegistryClient
 from drift.service import DriftService, RecordPosition
@@ -193,10 +193,14 @@ class FaustPublisher:
     time (over redelivered records in another interleaving of partitions) under an id already
     published. The other way round (state persisted, report lost) is the monitor's
     ``unpublished`` reports, published again.
+
+    Every record carries the app id in a header (:data:`~drift.kafka.APP_ID_HEADER`): the ids
+    are the same in every deployment, the header says which one published the record.
     """
 
     def __init__(self, app: faust.App, state: StateTable) -> None:
         self._state = state
+        self._headers = provenance(app.conf.id)
         self._reports = app.topic(topics.DRIFT_REPORTS, key_serializer="raw", value_serializer="raw")
         self._commands = app.topic(topics.RETRAIN_COMMANDS, key_serializer="raw", value_serializer="raw")
 
@@ -205,14 +209,16 @@ class FaustPublisher:
         await self._state.durable()
         fut = await self._reports.send(key=report.dataset.encode(),
                                        value=encode_payload(report, event_id=report.report_id,
-                                                            traceparent=current_traceparent()))
+                                                            traceparent=current_traceparent()),
+                                       headers=self._headers)
         await fut
 
     async def command(self, command: RetrainCommandV1) -> None:
         """Publish one retrain command, keyed by model name."""
         fut = await self._commands.send(key=command.model_name.encode(),
                                         value=encode_payload(command, event_id=command.command_id,
-                                                             traceparent=current_traceparent()))
+                                                             traceparent=current_traceparent()),
+                                        headers=self._headers)
         await fut
 
 

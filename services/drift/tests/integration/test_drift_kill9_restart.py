@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from drift.kafka import decode_value
+from drift.kafka import APP_ID_HEADER, decode_value
 from drift.monitor import MonitorConfig
 from drift.service import DriftService, RecordPosition
 from schemas.drift import DriftReportV1
@@ -141,8 +141,8 @@ async def uninterrupted(records: list[tuple[int, int, bytes]]) -> list[DriftRepo
 
 async def test_kill_9_mid_window_then_restart_gives_the_windows_of_an_uninterrupted_run(
         kafka_bootstrap: str, make_drift: MakeDrift, unique: str) -> None:
-    dataset = f"kill9-{unique}"
-    service, port = make_drift(f"drift-kill9-{unique}", DRIFT_WINDOW_SIZE=str(WINDOW),
+    dataset, app_id = f"kill9-{unique}", f"drift-kill9-{unique}"
+    service, port = make_drift(app_id, DRIFT_WINDOW_SIZE=str(WINDOW),
                                DRIFT_WINDOW_STEP=str(STEP), DRIFT_SESSION_TIMEOUT_S="8")
     # Event ids repeat now and then, as a producer resending after a crash makes them.
     events = feature_events(dataset, TOTAL)
@@ -152,7 +152,7 @@ async def test_kill_9_mid_window_then_restart_gives_the_windows_of_an_uninterrup
         publish(kafka_bootstrap, dataset, with_duplicates)
         for at in (130, 370, 610):
             # kill while the stream is busy: table writes buffered, offsets uncommitted
-            wait_until(lambda at=at: events_applied(port, dataset) >= at, f"{at} events applied", 120)
+            wait_until(lambda at=at: events_applied(port, dataset) >= at, f"{at} events applied", 120)  # type: ignore[misc]
             kill9(service)
             service.start(180)
         wait_until(lambda: events_applied(port, dataset) >= TOTAL, f"{TOTAL} events applied", 120)
@@ -160,10 +160,11 @@ async def test_kill_9_mid_window_then_restart_gives_the_windows_of_an_uninterrup
 
         expected = await uninterrupted(feature_records(kafka_bootstrap, dataset))
         assert len(expected) == (TOTAL - WINDOW) // STEP + 1
+        # this deployment's reports (another drift on the cluster publishes the same ids for its own windows)
         published = consume(kafka_bootstrap, topics.DRIFT_REPORTS, count=len(expected),
-                            match=lambda m: m.key() == dataset.encode(), timeout_s=60)
+                            match=lambda m: m.key() == dataset.encode() and published_by(m, app_id), timeout_s=60)
         # ... and nothing after them: read again up to the end, every record counts
-        everything = consume_all(kafka_bootstrap, dataset)
+        everything = consume_all(kafka_bootstrap, dataset, app_id)
         assert len(everything) >= len(published)
         by_id: dict[str, dict[str, Any]] = {}
         for payload in everything:
@@ -176,8 +177,13 @@ async def test_kill_9_mid_window_then_restart_gives_the_windows_of_an_uninterrup
         service.stop()
 
 
-def consume_all(bootstrap: str, dataset: str) -> list[dict[str, Any]]:
-    """Every report of ``dataset`` on the reports topic (one partition), from the beginning to its end."""
+def published_by(msg: Any, app_id: str) -> bool:
+    """Whether a record was published by the drift deployment ``app_id`` (its header says so)."""
+    return bool(dict(msg.headers() or []).get(APP_ID_HEADER) == app_id.encode())
+
+
+def consume_all(bootstrap: str, dataset: str, app_id: str) -> list[dict[str, Any]]:
+    """Every report of ``dataset`` by ``app_id`` on the reports topic (one partition), from the beginning to its end."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"kill9-reports-{dataset}",
                          "enable.auto.commit": False})
     try:
@@ -193,7 +199,7 @@ def consume_all(bootstrap: str, dataset: str) -> list[dict[str, Any]]:
             if msg is None or msg.error() is not None:
                 continue
             position = msg.offset() or 0
-            if msg.key() == dataset.encode():
+            if msg.key() == dataset.encode() and published_by(msg, app_id):
                 out.append(json.loads(msg.value() or b"{}")["payload"])
         return out
     finally:
