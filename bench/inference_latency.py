@@ -196,7 +196,8 @@ def run(*, quick: bool = False) -> list[tuple[str, str, str, str, str]]:
         python_backend_repository(registry, triton.repository)
         redis, redis_url = _redis(tmp)
         port, grpc_port, off_port, off_grpc_port = free_port(), free_port(), free_port(), free_port()
-        common = {"INFERENCE_TRITON_GRPC_URL": triton.grpc_url, "INFERENCE_REDIS_URL": redis_url,
+        common = {"INFERENCE_TRITON_GRPC_URL": triton.grpc_url, "INFERENCE_TRITON_HTTP_URL": triton.http_url,
+                  "INFERENCE_REDIS_URL": redis_url,
                   "INFERENCE_KAFKA_BOOTSTRAP": broker.bootstrap, "INFERENCE_LOG_LEVEL": "WARNING",
                   "INFERENCE_CANARY_ANALYSIS": "false", "INFERENCE_MAX_INFLIGHT": "1024"}
         gateway = ServiceProcess("inference", "inference", {

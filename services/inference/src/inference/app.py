@@ -74,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
                                socket_connect_timeout=settings.backend_timeout_s)
         producer = build_producer(settings)
         triton = TritonBackend(settings.triton_grpc_url, connections=settings.triton_connections,
-                               timeout_s=settings.backend_timeout_s)
+                               timeout_s=settings.backend_timeout_s, http_url=settings.triton_http_url)
         backend: Backend = (Coalescer(triton, calls=settings.coalesce_calls, dynamic=settings.coalesce == "all")
                             if settings.coalesce != "off" else triton)
         fallback = OnnxFallback(fallback_root) if fallback_root is not None else None
@@ -87,7 +87,9 @@ def create_app(settings: Settings) -> FastAPI:
         grpc_server = None
 
         def spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
-            tasks.append(asyncio.create_task(coro, name=name))
+            task = asyncio.create_task(coro, name=name)
+            task.add_done_callback(_report_stop)
+            tasks.append(task)
 
         async def publish_rollouts(events: list[RolloutChangedV1]) -> None:
             await publish(producer, [(settings.rollout_topic, f"{e.model_name}/{e.alias}", e) for e in events])
@@ -214,6 +216,12 @@ def create_app(settings: Settings) -> FastAPI:
                                        excluded_urls="healthz,readyz,metrics,v2/health/live,v2/health/ready")
     infer_asgi.install(app)  # the v2 infer routes skip FastAPI's stack (see infer_asgi.py)
     return app
+
+
+def _report_stop(task: asyncio.Task[None]) -> None:
+    """Log a background task (refresher, consumer, analysis) that stopped with an error: it is not restarted."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task stopped", exc_info=task.exception(), extra={"task": task.get_name()})
 
 
 async def _on_invalid_request(request: Request, exc: Exception) -> JSONResponse:

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     redis_prefix: str = "tributary:"
     """Prefix of every Redis key the gateway reads or writes."""
 
+    triton_http_url: str | None = None
+    """Triton's HTTP endpoint (``http://triton:8000``). When set, inference calls go to it over kept-alive
+    HTTP/1.1 connections with binary tensors, which costs less per call than the Python gRPC client
+    (about 0.35 ms at p50 measured); metadata, configuration, statistics and health stay on gRPC."""
+
     triton_connections: int = Field(default=2, ge=1, le=64)
     """gRPC channels to Triton; requests are spread over them round-robin."""
 

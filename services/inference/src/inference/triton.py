@@ -26,6 +26,7 @@ from inference.errors import (
     Overloaded,
 )
 from inference.tensors import Signature, Spec, Tensor, from_raw, to_raw
+from inference.triton_http import TritonHttpInfer, TritonRefused
 
 # Reconnect fast after Triton restarts: gRPC's default backoff grows to two minutes.
 _CHANNEL_ARGS = [
@@ -44,13 +45,17 @@ class TritonBackend:
         url: Triton's gRPC endpoint, ``host:port``.
         connections: gRPC channels in the pool.
         timeout_s: default deadline of metadata and health calls.
+        http_url: Triton's HTTP endpoint; when given, inference calls use it (:mod:`inference.triton_http`)
+            and everything else stays on gRPC.
 
     """
 
     name = "triton"
 
-    def __init__(self, url: str, *, connections: int = 2, timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, *, connections: int = 2, timeout_s: float = 2.0, http_url: str | None = None
+                 ) -> None:
         self.url = url
+        self._http = TritonHttpInfer(http_url) if http_url else None
         self.timeout_s = timeout_s
         self._clients = [InferenceServerClient(url, channel_args=_CHANNEL_ARGS)]
         self._next = itertools.cycle(self._clients)
@@ -63,6 +68,8 @@ class TritonBackend:
             await client.close()
         for channel in self._channels:
             await channel.close()
+        if self._http is not None:
+            await self._http.close()
 
     async def infer(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None, *,
                     timeout_s: float, request_id: str = "") -> list[Tensor]:
@@ -76,6 +83,12 @@ class TritonBackend:
             InvalidInput, ModelNotFound, Overloaded, BackendUnavailable, BackendTimeout, BackendFailed.
 
         """
+        if self._http is not None:
+            try:
+                return await self._http.infer(model, version, inputs, outputs, timeout_s=timeout_s,
+                                              request_id=request_id)
+            except TritonRefused as exc:
+                raise _translate(exc.status, exc.message, model=model, version=version) from None
         request = pb.ModelInferRequest(model_name=model, model_version=str(version), id=request_id)
         for t in inputs:
             request.inputs.add(name=t.name, datatype=t.datatype, shape=t.array.shape)

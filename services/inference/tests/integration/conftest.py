@@ -130,7 +130,8 @@ def settings_for(kafka_bootstrap: str, redis_url: str, topics: dict[str, str], r
 
     def make(triton: TritonServer, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
-            "triton_grpc_url": triton.grpc_url, "redis_url": redis_url, "kafka_bootstrap": kafka_bootstrap,
+            "triton_grpc_url": triton.grpc_url, "triton_http_url": triton.http_url, "redis_url": redis_url,
+            "kafka_bootstrap": kafka_bootstrap,
             "redis_prefix": f"test-{unique}:", "group_suffix": f"-{unique}", "port": free_port(),
             "grpc_port": free_port(), "rollout_topic": topics["rollout"], "request_topic": topics["requests"],
             "response_topic": topics["responses"], "canary_decisions_topic": topics["decisions"],

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from inference.settings import Settings
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from services.inference.tests.integration.conftest import MODEL, Gateway, set_rollout, v2_body
 from services.inference.tests.onnx_models import reference
+from tests.fixtures.triton import TritonServer
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +68,21 @@ def test_tritonclient_grpc_works_unchanged(gateway: Gateway) -> None:
         _, call = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer.with_call(request, timeout=10)
         trailing = dict(call.trailing_metadata())
     assert trailing["x-tributary-model-version"] == "1" and trailing["x-tributary-route"] == "champion"
+
+
+def test_inference_calls_to_triton_over_grpc_alone_give_the_same_answers(
+        served: TritonServer, settings_for: Callable[..., Settings],
+        gateway_factory: Callable[[Settings], Gateway]) -> None:
+    # Without Triton's HTTP URL every call to Triton goes over gRPC (with it, as the other tests: HTTP).
+    g = gateway_factory(settings_for(served, triton_http_url=None))
+    set_rollout(g, "champion", 1)
+    response = httpx.post(f"{g.url}/v2/models/{MODEL}/infer", json=v2_body(X.tolist()), timeout=10)
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(np.array(response.json()["outputs"][0]["data"]), reference(1, X).reshape(-1),
+                               rtol=1e-5)
+    assert g.service.backend.runner._http is None
+    bad = httpx.post(f"{g.url}/v2/models/{MODEL}/versions/9/infer", json=v2_body(X.tolist()), timeout=10)
+    assert bad.status_code == 404, bad.text
 
 
 def test_answers_name_the_version_and_route(gateway: Gateway) -> None:
