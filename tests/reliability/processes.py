@@ -62,6 +62,33 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def connections_to(pid: int, ports: Iterable[int]) -> int:
+    """Open TCP connections of process ``pid`` to any of ``ports`` on the loopback (from /proc).
+
+    A connection counts when one of the process's sockets is established (or still being opened)
+    with one of ``ports`` as its remote end.
+    """
+    wanted = set(ports)
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:              # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        for line in lines:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            state = fields[3]        # 01 established, 02 SYN sent
+            if remote_port in wanted and state in ("01", "02") and fields[9] in inodes:
+                count += 1
+    return count
+
+
 def ingest_process(bootstrap: str, logs: Path, *, port: int | None = None, **extra: str) -> ServiceProcess:
     """An ingest service process (raw-topic validation off unless asked for)."""
     port = port or free_port()

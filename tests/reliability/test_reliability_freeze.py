@@ -44,10 +44,12 @@ from tests.fixtures.triton import TritonServer, add_model
 from tests.reliability.processes import (
     FeatureClient,
     check_ledger,
+    connections_to,
     ingest_process,
     port_of,
     read_topic,
     register_dataset,
+    rss_mb,
     wait_for,
 )
 
@@ -58,6 +60,10 @@ ENQUEUE_TIMEOUT_S = 1.0
 BROKER_FREEZE_S = 30.0
 BACKEND_TIMEOUT_S = 1.0
 TRITON_FREEZE_S = 10.0
+CALLERS = 8
+"""Callers sending back to back to the gateway during the Triton freeze."""
+MAX_INFLIGHT = 32
+"""The gateway's concurrency limit in the Triton freeze tests (plan G3): also the bound on its connections to Triton."""
 TIMEOUT_SCAN_S = 1.0
 """librdkafka scans for timed-out messages once a second: a delivery timeout fires up to this late."""
 SLACK_S = 1.0
@@ -222,6 +228,38 @@ class InferLoad:
             w.join(120)
 
 
+@dataclass
+class Usage:
+    """Samples a process's resident memory and its TCP connections to ``ports`` every 0.1 s."""
+
+    pid: int
+    ports: tuple[int, ...]
+    samples: list[tuple[float, float, int]] = field(default_factory=list)
+    """(monotonic time, RSS in MiB, connections)."""
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self.samples.append((time.monotonic(), rss_mb(self.pid), connections_to(self.pid, self.ports)))
+            except (FileNotFoundError, ProcessLookupError, RuntimeError):  # the process is gone
+                return
+
+    def start(self) -> Usage:
+        self._thread = threading.Thread(target=self._run, name="usage-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def between(self, t0: float, t1: float) -> list[tuple[float, float, int]]:
+        return [s for s in self.samples if t0 <= s[0] < t1]
+
+
 def _summary(answers: list[Answer]) -> str:
     """Statuses with a count and one body each, for a failure message."""
     counts: dict[int, int] = {}
@@ -243,7 +281,8 @@ def _gateway(triton: TritonServer, kafka_bootstrap: str, redis_url: str, repo: P
            "INFERENCE_ROLLOUT_TOPIC": rollout_topic, "INFERENCE_CANARY_ANALYSIS": "false",
            "INFERENCE_CONSUME_FEATURES": "false", "INFERENCE_JOIN_LABELS": "false",
            "INFERENCE_CONSUME_REQUESTS": "false", "INFERENCE_LOG_JSON": "false", "INFERENCE_FALLBACK": fallback,
-           "INFERENCE_MODEL_REPOSITORY": str(repo), "INFERENCE_BACKEND_TIMEOUT_S": str(BACKEND_TIMEOUT_S)}
+           "INFERENCE_MODEL_REPOSITORY": str(repo), "INFERENCE_BACKEND_TIMEOUT_S": str(BACKEND_TIMEOUT_S),
+           "INFERENCE_MAX_INFLIGHT": str(MAX_INFLIGHT)}
     return ServiceProcess("inference", "inference", env, ready_url=f"http://127.0.0.1:{port}/readyz",
                           log_path=logs / "inference.log")
 
@@ -260,11 +299,13 @@ def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
     assert gateway.process is not None and private_triton.process is not None
     pid = gateway.process.pid
     load: InferLoad | None = None
+    triton_ports = tuple(int(u.rsplit(":", 1)[1]) for u in (private_triton.grpc_url, private_triton.http_url))
+    usage = Usage(pid, triton_ports).start()
     try:
         r = httpx.put(f"{url}/v1/rollout/{MODEL}", json={"alias": "champion", "version": 1, "reason": "test"},
                       timeout=30)
         assert r.status_code == 200, r.text
-        load = InferLoad(url).start()
+        load = InferLoad(url, threads=CALLERS).start()
         wait_for(lambda: sum(1 for a in load.answers if a.status == 200) >= 50,
                  lambda: f"50 answers before the freeze (so far: {load})", 120)
 
@@ -286,6 +327,7 @@ def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
         wait_for(lambda: len(load.since(first.started + 5)) >= 100, "100 requests 5 s after the first 200", 90)
         alive = gateway.process.poll() is None
     finally:
+        usage.stop()
         if load is not None:
             load.stop()
         for f in freezer:
@@ -294,9 +336,16 @@ def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
 
     answers = load.answers
     during = [a for a in answers if triton.stopped_at <= a.started < resumed]
+    before_freeze = usage.between(0, triton.stopped_at)
+    after = usage.between(triton.stopped_at, float("inf"))
+    rss_growth = max(s[1] for s in after) - before_freeze[-1][1]
+    most_connections = max(s[2] for s in usage.samples)
     print(f"answers={len(answers)} during freeze={len(during)} statuses during="
           f"{sorted({a.status for a in during})} slowest={max(a.seconds for a in answers):.2f}s "
-          f"readiness {ready.status_code} in {ready_s:.2f}s; first 200 {recovered_s:.2f}s after resume")
+          f"readiness {ready.status_code} in {ready_s:.2f}s; first 200 {recovered_s:.2f}s after resume; "
+          f"RSS {before_freeze[-1][1]:.0f} MiB before the freeze, growth {rss_growth:.1f} MiB; connections to "
+          f"Triton before the freeze {sorted({s[2] for s in before_freeze})}, from the freeze on "
+          f"{sorted({s[2] for s in after})}")
     assert load.failures == []
     assert {a.status for a in answers} <= {200, 503, 504}, {(a.status, a.body) for a in answers}
     errors = [a for a in answers if a.status != 200]
@@ -309,6 +358,11 @@ def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
     late = [a for a in answers if a.started >= first.started + 5]
     assert late and all(a.status == 200 for a in late), {(a.status, a.body) for a in late if a.status != 200}
     assert alive and gateway.process.pid == pid                               # never restarted
+    # No unbounded queue and no connection left behind by a timed-out call: memory stays flat and
+    # the gateway never holds more connections to Triton than calls in flight (plan: <= the
+    # concurrency limit, a bound this test's callers cannot even reach).
+    assert rss_growth < 50, rss_growth
+    assert most_connections <= min(CALLERS, MAX_INFLIGHT), most_connections
 
 
 def test_frozen_triton_with_the_fallback_configured_is_served_from_onnxruntime(
