@@ -257,6 +257,7 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         broker_session_timeout=settings.session_timeout_s,
+        consumer_group_instance_id=settings.group_instance_id,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
     )
     state = StateTable(app, name="state", default=None, beacon=app.tables.beacon, partitions=1, use_partitioner=True,
