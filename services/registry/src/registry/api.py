@@ -20,12 +20,21 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from registry.deps import PrincipalDep, ServiceDep, SettingsDep
 from registry.domain import AliasChange, AliasState, Model, ModelVersion, Role, VersionSpec
 from registry.errors import ArtifactTooLarge, InvalidRequest, PermissionDenied
-from registry.names import check_model_name
+from registry.names import ALIASES, MODEL_NAME_MAX, NAME_PATTERN, check_model_name
 from registry.storage import read_chunks
 
 router = APIRouter(prefix="/v1")
 
 VersionNumber = Annotated[int, Path(ge=1, description="Version number, from 1.")]
+ModelName = Annotated[str, Path(
+    description="Model name: 1-128 characters from a-z, 0-9, '_' and '-', starting with a letter or digit "
+                "(any other name is answered 400, naming the rule).",
+    json_schema_extra={"pattern": f"^{NAME_PATTERN}$", "maxLength": MODEL_NAME_MAX})]
+"""A model name in a path. The rule is documented, not enforced here: the service checks it and
+answers 400 with its own message instead of a generic validation error."""
+AliasName = Annotated[str, Path(description="Alias: champion, canary or shadow (anything else is answered 400).",
+                                json_schema_extra={"enum": list(ALIASES)})]
+"""An alias in a path (documented; checked by the service)."""
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Bytes allowed on top of the artifact and metadata limits for multipart boundaries and headers."""
@@ -60,6 +69,23 @@ def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 READ = refusals(400, 404, 503)
+UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+    "schema": {
+        "type": "object",
+        "required": ["metadata", "artifact"],
+        "properties": {
+            "metadata": {"type": "string", "contentMediaType": "application/json",
+                         "description": "The version's spec as JSON (``VersionSpec``: signature, metrics, lineage)."},
+            "artifact": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream",
+                         "description": "The ONNX model; validated (checker, opsets, a test run) before it is stored."},
+            "signature": {"type": "string", "contentMediaType": "application/json",
+                          "description": "Optional ``ArtifactSignature`` as JSON; required when the registry "
+                                         "requires signed artifacts."},
+        },
+    },
+}}}}
+"""The upload's body in the OpenAPI document: the route reads the multipart stream itself (with size
+limits and the name and token checked first), so FastAPI cannot describe it from a signature."""
 CHANGE = refusals(400, 401, 403, 404, 409, 412, 502, 503)
 
 
@@ -136,23 +162,23 @@ async def list_models(service: ServiceDep) -> ModelsPublic:
 
 
 @router.get("/models/{name}", responses=READ)
-async def get_model(name: str, service: ServiceDep) -> ModelPublic:
+async def get_model(name: ModelName, service: ServiceDep) -> ModelPublic:
     """One model with its aliases and latest version number."""
     model = await run_in_threadpool(service.get_model, name)
     return ModelPublic(**model.model_dump())
 
 
 @router.get("/models/{name}/versions", responses=READ)
-async def list_versions(name: str, service: ServiceDep) -> VersionsPublic:
+async def list_versions(name: ModelName, service: ServiceDep) -> VersionsPublic:
     """Every version of a model, oldest first."""
     versions = await run_in_threadpool(service.list_versions, name)
     return VersionsPublic(data=[_public(v) for v in versions], count=len(versions))
 
 
-@router.post("/models/{name}/versions", status_code=201,
+@router.post("/models/{name}/versions", status_code=201, openapi_extra=UPLOAD_BODY,
              responses=refusals(400, 401, 403, 404, 409, 413, 422, 502, 503, 507))
 async def register_version(
-    name: str, request: Request, service: ServiceDep, settings: SettingsDep, actor: PrincipalDep
+    name: ModelName, request: Request, service: ServiceDep, settings: SettingsDep, actor: PrincipalDep
 ) -> VersionPublic:
     """Register the next version of a model (trainer role).
 
@@ -210,7 +236,7 @@ def _signature(part: object) -> ArtifactSignature | None:
 
 
 @router.get("/models/{name}/versions/{version}", responses=READ)
-async def get_version(name: str, version: VersionNumber, service: ServiceDep) -> VersionPublic:
+async def get_version(name: ModelName, version: VersionNumber, service: ServiceDep) -> VersionPublic:
     """One version with its lineage."""
     return _public(await run_in_threadpool(service.get_version, name, version))
 
@@ -219,7 +245,7 @@ async def get_version(name: str, version: VersionNumber, service: ServiceDep) ->
             responses={200: {"content": {"application/octet-stream": {}}, "description": "the ONNX file"},
                        304: {"description": "`If-None-Match` names this artifact"}, **refusals(400, 404, 500, 503)})
 async def download_artifact(
-    name: str, version: VersionNumber, request: Request, service: ServiceDep
+    name: ModelName, version: VersionNumber, request: Request, service: ServiceDep
 ) -> Response | StreamingResponse:
     """The version's ONNX file. ``ETag`` is its quoted sha256; ``If-None-Match`` gives 304."""
     found, stream = await run_in_threadpool(service.open_artifact, name, version)
@@ -235,7 +261,7 @@ async def download_artifact(
 
 
 @router.get("/models/{name}/aliases/{alias}", responses=READ)
-async def get_alias(name: str, alias: str, service: ServiceDep, response: Response) -> AliasPublic:
+async def get_alias(name: ModelName, alias: AliasName, service: ServiceDep, response: Response) -> AliasPublic:
     """Where an alias points; ``ETag`` is its target, for a conditional change (``If-Match``)."""
     state = await run_in_threadpool(service.get_alias, name, alias)
     response.headers["ETag"] = state.etag
@@ -243,7 +269,7 @@ async def get_alias(name: str, alias: str, service: ServiceDep, response: Respon
 
 
 @router.get("/models/{name}/aliases/{alias}/version", responses=READ)
-async def resolve_alias(name: str, alias: str, service: ServiceDep) -> VersionPublic:
+async def resolve_alias(name: ModelName, alias: AliasName, service: ServiceDep) -> VersionPublic:
     """The version an alias points at (deploy by alias)."""
     state = await run_in_threadpool(service.get_alias, name, alias)
     return _public(await run_in_threadpool(service.get_version, name, state.version))
@@ -254,7 +280,7 @@ IfMatch = Annotated[str | None, Header(
 
 
 @router.put("/models/{name}/aliases/{alias}", responses=CHANGE)
-async def set_alias(name: str, alias: str, body: AliasUpdate, service: ServiceDep,
+async def set_alias(name: ModelName, alias: AliasName, body: AliasUpdate, service: ServiceDep,
                     actor: PrincipalDep, if_match: IfMatch = None) -> AliasChangePublic:
     """Point an alias at a version (operator role); recorded and published."""
     change = await run_in_threadpool(
@@ -266,7 +292,7 @@ async def set_alias(name: str, alias: str, body: AliasUpdate, service: ServiceDe
 
 @router.delete("/models/{name}/aliases/{alias}", responses=CHANGE)
 async def remove_alias(
-    name: str, alias: str, service: ServiceDep, actor: PrincipalDep,
+    name: ModelName, alias: AliasName, service: ServiceDep, actor: PrincipalDep,
     reason: Annotated[str, Query(min_length=1, max_length=4096, description="Why; recorded.")],
     if_match: IfMatch = None,
 ) -> AliasChangePublic:
@@ -277,7 +303,7 @@ async def remove_alias(
 
 
 @router.post("/models/{name}/aliases/{alias}/rollback", responses=CHANGE)
-async def rollback_alias(name: str, alias: str, body: AliasRollback, service: ServiceDep,
+async def rollback_alias(name: ModelName, alias: AliasName, body: AliasRollback, service: ServiceDep,
                          actor: PrincipalDep) -> AliasChangePublic:
     """Point an alias back at an earlier version (operator role); recorded and published."""
     change = await run_in_threadpool(
@@ -288,7 +314,9 @@ async def rollback_alias(name: str, alias: str, body: AliasRollback, service: Se
 
 @router.get("/models/{name}/history", responses=READ)
 async def history(
-    name: str, service: ServiceDep, alias: Annotated[str | None, Query(description="Only this alias.")] = None
+    name: ModelName, service: ServiceDep,
+    alias: Annotated[str | None, Query(description="Only this alias (champion, canary or shadow).",
+                                       json_schema_extra={"enum": list(ALIASES)})] = None
 ) -> AliasChangesPublic:
     """The audit log of alias changes: who, when, from which version to which, and why."""
     changes = await run_in_threadpool(service.alias_history, name, alias)
@@ -296,7 +324,7 @@ async def history(
 
 
 @router.post("/models/{name}/triton/sync", status_code=204, responses=CHANGE)
-async def sync_triton(name: str, service: ServiceDep, actor: PrincipalDep) -> None:
+async def sync_triton(name: ModelName, service: ServiceDep, actor: PrincipalDep) -> None:
     """Rewrite the model's Triton repository directory and reload it in Triton (operator role)."""
     if Role.OPERATOR not in actor.roles:
         raise PermissionDenied(f"{actor.name!r} may not reload models: it needs the 'operator' role")

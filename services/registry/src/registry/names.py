@@ -23,7 +23,9 @@ from registry.errors import InvalidName
 MODEL_NAME_MAX: Final = 128
 """Longest model name accepted."""
 
-_MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,127}")
+NAME_PATTERN: Final = r"[a-z0-9][a-z0-9_-]{0,127}"
+"""The allowed model names (a regular expression, also published in the OpenAPI document)."""
+_MODEL_NAME = re.compile(NAME_PATTERN)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 Alias = Literal["champion", "canary", "shadow"]
