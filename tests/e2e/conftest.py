@@ -180,7 +180,7 @@ def _post(url: str, body: Any, *, headers: dict[str, str] | None = None, expect:
     return response.json()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def closed_loop(kafka_bootstrap: str, redis_url: str, triton: TritonServer,
                 prometheus_factory: Callable[..., PrometheusServer],
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClosedLoop]:

@@ -11,6 +11,7 @@ documented schema (so a client generated from the document can read every answer
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,8 +39,9 @@ from schemathesis.core.result import Ok
 from tests.fixtures.triton import TritonServer
 
 pytestmark = pytest.mark.integration
-EXAMPLES = 25
-"""Generated requests per operation (each service has 5-20 operations)."""
+EXAMPLES = int(os.environ.get("TRIBUTARY_SCHEMATHESIS_EXAMPLES", "25"))
+"""Generated requests per operation (each service has 5-20 operations): 25 in the suite, the plan's
+500 with ``TRIBUTARY_SCHEMATHESIS_EXAMPLES=500`` (tests/reliability/README.md)."""
 
 
 @contextmanager

@@ -1,0 +1,1 @@
+"""End-to-end tests: the whole stack as processes, the closed loop, dashboards and traces."""
