@@ -133,7 +133,7 @@ class EventConsumer(Generic[P]):
     async def run(self) -> None:
         """Consume until :meth:`stop`; the consumer is closed on the way out."""
         try:
-            await asyncio.to_thread(self._start)
+            await self._begin()
             while not self._stopping.is_set():
                 messages = await asyncio.to_thread(self._consumer.consume, self._batch_size, 0.2)
                 usable = [m for m in messages if self._usable(m)]
@@ -142,6 +142,23 @@ class EventConsumer(Generic[P]):
                 self._check_caught_up(usable)
         finally:
             await asyncio.to_thread(self._consumer.close)
+
+    async def _begin(self) -> None:
+        """Subscribe, or assign every partition from the start (replaying), retrying until it works.
+
+        Reading a new topic's partitions and watermarks fails while its partition leaders are still
+        being elected, and times out on a broker slowed down; a consumer that gave up there would stay
+        stopped without a word (a replica that never applies rollout events again), so it retries.
+        """
+        while not self._stopping.is_set():
+            try:
+                await asyncio.to_thread(self._start)
+                return
+            except KafkaException as exc:
+                log.warning("consumer not started; retrying", extra={"consumer": self.name, "topic": self.topic,
+                                                                     "error": str(exc)})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._backoff)
 
     def _start(self) -> None:
         if not self._replay:
@@ -152,6 +169,7 @@ class EventConsumer(Generic[P]):
         if meta.error is not None:
             raise KafkaException(meta.error)
         partitions = sorted(meta.partitions)
+        self._targets.clear()
         for p in partitions:
             low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
             if high > low:

@@ -110,14 +110,22 @@ class _HeldProducer:
 
 
 class _SpyConsumer:
-    """The real consumer; notes each stored offset with its request id and the time."""
+    """The real consumer; notes the request ids of each batch read, and each stored offset with its
+    request id and the time."""
 
     def __init__(self, inner: Consumer) -> None:
         self._inner = inner
+        self.batches: list[list[str]] = []
         self.stored: list[tuple[str, int, int, float]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+    def consume(self, num_messages: int, timeout: float) -> list[Message]:
+        messages: list[Message] = self._inner.consume(num_messages, timeout)
+        if messages:
+            self.batches.append([_request_id(m.value()) for m in messages if m.error() is None])
+        return messages
 
     def store_offsets(self, message: Message) -> None:
         self.stored.append((_request_id(message.value()), message.partition(), message.offset(), time.monotonic()))
@@ -180,13 +188,19 @@ async def test_request_offsets_are_stored_only_after_their_prediction_events_are
     task = asyncio.create_task(consumer.run(), name="ordering-consumer")
     try:
         # 1. Events held: the answers reach the broker, the offsets stay unstored and uncommitted.
+        #    The consumer waits for a batch's events before it reads on, so only the first batch it
+        #    read (all 20 requests, or on a loaded machine those of the partitions fetched first) is
+        #    answered while the events are held.
         first = [f"a-{run}-{i}" for i in range(20)]
         await asyncio.to_thread(_send_requests, kafka_bootstrap, topics["requests"], first)
-        answers = await asyncio.to_thread(consume, kafka_bootstrap, topics["responses"], count=len(first),
-                                          timeout_s=60)
-        assert sorted(_request_id(m.value()) for m in answers) == sorted(first)
-        await _until(lambda: set(held.held) >= set(first), "every prediction event reaching the producer")
+        await _until(lambda: len(held.held) > 0, "the first batch's prediction events reaching the producer")
         await asyncio.sleep(HOLD_S)  # a negative check: nothing may be stored or committed meanwhile
+        assert len(spy.batches) == 1, "a batch was read before the previous one's events were acknowledged"
+        batch = set(spy.batches[0])
+        assert set(held.held) <= batch <= set(first), (held.held, batch)
+        answers = await asyncio.to_thread(consume, kafka_bootstrap, topics["responses"], count=len(batch),
+                                          timeout_s=60)
+        assert {_request_id(m.value()) for m in answers} == batch
         assert spy.stored == [], "offsets stored while their prediction events were unacknowledged"
         committed = await asyncio.to_thread(_committed, kafka_bootstrap, group, topics["requests"])
         assert all(o < 0 for o in committed.values()), committed
@@ -194,6 +208,9 @@ async def test_request_offsets_are_stored_only_after_their_prediction_events_are
         # 2. Released: each offset is stored after its request's event was acknowledged.
         held.gate.set()
         await _until(lambda: {s[0] for s in spy.stored} >= set(first), "the offsets of the first requests")
+        answers = await asyncio.to_thread(consume, kafka_bootstrap, topics["responses"], count=len(first),
+                                          timeout_s=60)
+        assert sorted(_request_id(m.value()) for m in answers) == sorted(first)
         early = [(rid, at - held.acked_at[rid]) for rid, _, _, at in spy.stored if at < held.acked_at.get(rid, 1e18)]
         assert early == [], early
 

@@ -146,16 +146,25 @@ def test_registry_events_route_and_a_new_replica_rebuilds_the_table_from_the_top
 
 def test_stale_events_never_undo_a_newer_change(gateway: Gateway, kafka_bootstrap: str,
                                                topics: dict[str, str]) -> None:
+    before = gateway.service.rollout.table[MODEL].revision
     stale = RolloutChangedV1(model_name=MODEL, alias="champion", version=2, changed_by="old", reason="replayed",
                              changed_at=datetime(2020, 1, 1, tzinfo=UTC))
+    # After the stale event and a poison record, on the same partition (same key), a current event
+    # that changes the revision: once it is applied, the two records before it were handled.
+    current = RolloutChangedV1(model_name=MODEL, alias="champion", version=1, changed_by="now", reason="marker",
+                               changed_at=datetime.now(UTC))
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    producer.produce(topics["rollout"], encode_event(stale, event_id=str(uuid.uuid4()), source="registry",
-                                                     occurred_at=datetime.now(UTC)), f"{MODEL}/champion")
-    producer.produce(topics["rollout"], b"not an envelope", f"{MODEL}/champion")
+    for value in (encode_event(stale, event_id=str(uuid.uuid4()), source="registry", occurred_at=datetime.now(UTC)),
+                  b"not an envelope",
+                  encode_event(current, event_id=str(uuid.uuid4()), source="registry",
+                               occurred_at=datetime.now(UTC))):
+        producer.produce(topics["rollout"], value, f"{MODEL}/champion")
     assert producer.flush(10) == 0
+    gateway.wait_for(lambda: gateway.service.rollout.table[MODEL].revision > before, 60,
+                     "the events after the stale one were not applied")
+    assert gateway.service.rollout.table[MODEL].champion == 1
     from tests.fixtures.kafka import consume
     consume(kafka_bootstrap, f"{topics['rollout']}.dlq", count=1)  # the poison record was dead-lettered
-    assert gateway.service.rollout.table[MODEL].champion == 1
 
 
 def test_redis_losing_the_table_keeps_the_last_known_routes_and_writes_them_back(
