@@ -1,7 +1,8 @@
 """Inference gateway against calling the same Triton directly, same model, same run.
 
 Started here: a Kafka broker, a Redis server, the local CPU Triton (``deploy/triton.py``) serving
-one small ONNX model, and the gateway as its own process (``python -m inference``). Measured:
+one small ONNX model, and the gateway as its own process (``python -m inference``), which calls
+Triton over its HTTP endpoint (``INFERENCE_TRITON_HTTP_URL``) and gRPC for metadata. Measured:
 
 * latency (p50/p99) of sequential single-row calls with ``tritonclient.http`` and
   ``tritonclient.grpc``, once against Triton and once against the gateway: the gateway's overhead;

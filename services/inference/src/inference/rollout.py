@@ -154,11 +154,20 @@ class RolloutState:
     async def refresh(self) -> dict[str, ModelRoute]:
         """Re-read every model's rollout from Redis into the in-memory copy.
 
+        One round trip when the set of models is unchanged (the set and the known models' hashes
+        are read together); the metrics of a model's routes are set only when they changed.
+
         Raises:
             RedisError: Redis did not answer (the previous copy stays).
 
         """
-        models = await self._models()
+        known = sorted(self._table)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(self._models_key)
+            for m in known:
+                pipe.hgetall(self._key(m))
+            members, *rows = await pipe.execute()
+        models = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
         if not models and self._table:
             # The model set only grows: an empty one means Redis lost its data. Write back what
             # this replica served last, as the oldest change, so newer changes win over it.
@@ -172,19 +181,23 @@ class RolloutState:
                 if changes:
                     await self.apply(m, changes, changed_at=_EPOCH, changed_by="inference-last-known-good")
             models = await self._models()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for m in models:
-                pipe.hgetall(self._key(m))
-            rows = await pipe.execute()
+            known = []
+        if models != known:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for m in models:
+                    pipe.hgetall(self._key(m))
+                rows = await pipe.execute()
+        previous = self._table
         table = {m: _route(m, row) for m, row in zip(models, rows, strict=True)}
         self._table = table
         self.loaded = True
         self.redis_error = None
         self.refreshed_at = time.monotonic()
         for m, r in table.items():
-            metrics.CANARY_WEIGHT.labels(m).set(r.canary_weight if r.canary is not None else 0)
-            for alias in ALIASES:
-                metrics.ROLLOUT_VERSION.labels(m, alias).set(getattr(r, alias) or 0)
+            if previous.get(m) != r:
+                metrics.CANARY_WEIGHT.labels(m).set(r.canary_weight if r.canary is not None else 0)
+                for alias in ALIASES:
+                    metrics.ROLLOUT_VERSION.labels(m, alias).set(getattr(r, alias) or 0)
         return table
 
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:
