@@ -31,3 +31,7 @@ RECOVERIES = Counter("drift_recoveries_total", "Drift episodes ended by a new ch
                      "within the objective (met|missed).", ["dataset", "model", "objective"])
 EPISODE_STARTED = Gauge("drift_episode_started_timestamp_seconds", "Unix time of the first drifted window of the "
                         "open drift episode of a dataset (0: none open).", ["dataset"])
+PENDING = Gauge("drift_pending_predictions", "Champion predictions waiting for their label, by dataset.", ["dataset"])
+PENDING_EVICTED = Counter("drift_pending_predictions_evicted_total", "Pending predictions dropped before a label came, "
+                          "by dataset and reason (ttl: DRIFT_PENDING_TTL_S of event time behind the newest; "
+                          "limit: more than DRIFT_PENDING_MAX).", ["dataset", "reason"])

@@ -2,7 +2,7 @@
 
 The monitor's durable state lives in a ``MutableMapping`` given to it (a Faust table in the
 stream, a dict in tests and replays), in small JSON entries so that each event changes only
-two keys: its ring slot and the head ``head/<dataset>`` (counters, last offsets, policy). The
+two keys: its ring slot and the head ``head/<dataset>`` (counters, positions, policy). The
 in-memory counters are derived from those entries and rebuilt from them after a restart, so a
 restart in the middle of a window loses nothing.
 
@@ -14,11 +14,13 @@ when the head is missing or ignored: a ring has one slot more than it must hold,
 event takes is never one the last persisted head still needs, and every slot carries its
 sequence number so a restore takes only the slots the head covers; the reference is
 double-buffered by generation and the head names the generation it uses; a closed window's
-report is appended to the recent reports by id (idempotently). A record redelivered after the
-crash then finds the head it left: records at or below the last offset applied for their
-partition are skipped, anything later is applied again exactly as the first time. A record
+report is appended to the recent reports by id (idempotently). The head also carries the
+position of every record that changed the dataset (last offset applied per input partition),
+so a restore never has a record's effect without its position or the other way round: the
+stream's positions (:mod:`drift.positions`) skip every record a head covers, and a record
+whose head was lost is applied again exactly as the first time. A record
 whose event id is already in the window (the same event published twice upstream: a producer
-resending after a crash or a 503) is skipped too, so each event counts once within the last
+resending after a crash or a 503) is not counted, so each event counts once within the last
 ``window_size`` events. Reports are counted as published only when the publisher says so
 (:meth:`DatasetMonitor.mark_published`); a window whose report was not acknowledged before a
 crash is found by :meth:`DatasetMonitor.unpublished` and published again with the same id.
@@ -95,6 +97,15 @@ class MonitorConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.window_step <= self.window_size:
             raise ValueError(f"window_step must be in 1..window_size ({self.window_size}), got {self.window_step}")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPosition:
+    """Where an input record was read (window offsets and the positions saved in the heads)."""
+
+    topic: str
+    partition: int
+    offset: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +240,10 @@ class DatasetMonitor:
         self.e0: int = head.get("e0", 0)
         self.windows: int = head.get("windows", 0)
         self.published: int = head.get("published", self.windows)
-        self.last_offsets: dict[str, int] = dict(head.get("last", {}))
+        self.applied: dict[str, int] = dict(head.get("last", {}))
+        """Last offset applied per input partition (``topic:partition``) among the records that
+        changed this dataset's state. Saved in the head: a record's position is in the same
+        changelog write as its effect (:meth:`applied_through`)."""
         self.flags: dict[str, bool] = dict(head.get("flags", {}))
         self.window_errors: list[float] = list(head.get("werr", [0.0, 0.0]))
         self.policy_state = PolicyState.from_dict(head.get("policy"))
@@ -248,7 +262,7 @@ class DatasetMonitor:
             Observation.from_json(raw) for raw in self._ring.load(self.seq - n, self.seq))
         self._ids: Counter[str] = Counter(e.event_id for e in self._events if e.event_id is not None)
         # Per window: event times (for its bounds) and, per partition, the offsets in arrival
-        # order, which is offset order (an offset at or below the last applied is skipped), so
+        # order, which is offset order (the positions apply a partition's records in order), so
         # a partition's range in the window is its first and last offset.
         self._times: deque[float] = deque(e.event_time.timestamp() for e in self._events)
         self._positions: dict[tuple[str, int], deque[int]] = {}
@@ -279,15 +293,13 @@ class DatasetMonitor:
     def observe(self, obs: Observation) -> WindowOutcome | None:
         """Count one feature event; returns the window's outcome when it closes one.
 
-        Records already applied (at or below the partition's last offset) are ignored, and so
-        are duplicates of an event still in the ring (same event id at another offset).
+        Duplicates of an event still in the ring (same event id at another offset) are not
+        counted. A record applied once is not given again: its position is saved in the head
+        with its effect, and the stream's positions skip every record a head covers.
         """
-        where = f"{obs.topic}:{obs.partition}"
-        if obs.offset <= self.last_offsets.get(where, -1):
-            return None
-        self.last_offsets[where] = obs.offset
+        self.applied[f"{obs.topic}:{obs.partition}"] = obs.offset
         if obs.event_id is not None and obs.event_id in self._ids:
-            self._save_head()   # the offset moved on: a redelivery of the duplicate is skipped too
+            self._save_head()   # the record's position is committed with the head all the same
             return None
         n = self.config.window_size
         raw = obs.to_json()
@@ -318,18 +330,25 @@ class DatasetMonitor:
         self._save_head()
         return outcome
 
-    def observe_prediction(self, value: FeatureValue) -> None:
-        """Count one champion prediction into the prediction window."""
+    def observe_prediction(self, value: FeatureValue, at: RecordPosition | None = None) -> None:
+        """Count one champion prediction into the prediction window (read at ``at``, when known)."""
         if value is None:
             return
+        if at is not None:
+            self.applied[f"{at.topic}:{at.partition}"] = at.offset
         self._pring.put(self.pseq, value,
                         held=((self.pseq - len(self._predictions) + k, p) for k, p in enumerate(self._predictions)))
         self.pseq += 1
         self._predictions.append(value)
         self._save_head()
 
-    def observe_error(self, error: float) -> None:
-        """Feed one joined prediction error (0/1 or absolute error) to the concept-drift detectors."""
+    def observe_error(self, error: float, at: RecordPosition | None = None) -> None:
+        """Feed one joined prediction error (0/1 or absolute error) to the concept-drift detectors.
+
+        ``at``: where the label was read; saved with the head like every record's position.
+        """
+        if at is not None:
+            self.applied[f"{at.topic}:{at.partition}"] = at.offset
         if self._erring.migrating:
             start = max(self.e0, self.eseq - self.config.error_memory)
             held = list(zip(range(start, self.eseq), self._erring.load(start, self.eseq), strict=False))
@@ -371,6 +390,11 @@ class DatasetMonitor:
 
     # ---- state ----------------------------------------------------------------------------
 
+    def applied_through(self, topic: str, partition: int) -> int | None:
+        """The partition's next offset after the records this dataset's head covers (None: none)."""
+        last = self.applied.get(f"{topic}:{partition}")
+        return None if last is None else last + 1
+
     @property
     def in_window(self) -> int:
         """Events counted towards the next window."""
@@ -401,7 +425,7 @@ class DatasetMonitor:
         # with the monitor, which is still the state of its last head.
         self.store[self._head_key] = {
             "seq": self.seq, "pseq": self.pseq, "eseq": self.eseq, "e0": self.e0, "windows": self.windows,
-            "published": self.published, "last": self.last_offsets, "flags": self.flags,
+            "published": self.published, "last": self.applied, "flags": self.flags,
             "werr": self.window_errors, "policy": self.policy_state.to_dict(), "ref_gen": self.ref_gen,
             "slots": self._slots if not self._migrating else
             {r.name: r.layout for r in (self._ring, self._pring, self._erring) if r.layout is not None},

@@ -9,7 +9,11 @@ applied.
 
 So the service keeps its own position per input partition, in the same state mapping as
 everything else (the stream's table: restored from the same changelog, written in the same
-order), under ``pos/<topic>/<partition>`` = the next offset to apply. A record is applied only
+order). A record that changes a dataset's state carries its position in that state's commit
+point, the dataset's head (one changelog write: a restore has both or neither); every record
+also writes ``pos/<topic>/<partition>`` = the next offset to apply, after its effect (records
+that change no dataset: skipped, dead-lettered, specs and registry events). A partition's
+position is the highest of the two (:class:`Positions`, ``recorded``). A record is applied only
 when it is that next offset; a later offset on a topic whose offsets are contiguous means
 records were skipped upstream: the consumer is asked to seek back and the record waits for
 its turn. A gap is accepted as real (records deleted by retention, transaction markers) when
@@ -46,6 +50,9 @@ class Admission(enum.Enum):
     """Records before it were skipped upstream and are being read again: skip it for now."""
 
 
+Recorded = Callable[[str, int], "int | None"]
+"""The next offset of ``(topic, partition)`` as the state written with the records' effects says (the heads)."""
+
 Refetch = Callable[[str, int, int], Awaitable[None]]
 """Seeks the consumer of ``(topic, partition)`` back to an offset."""
 
@@ -72,6 +79,9 @@ class Positions:
             a record above the position is applied as it comes.
         skip_over: called with each hole accepted (compacted away, or gone when refetched),
             so that the consumer's commits can pass it.
+        recorded: the next offset of a partition as saved with the records' effects (the
+            datasets' heads); read once per partition, then kept up to date in memory
+            (:meth:`forget` after the state was restored again).
 
     Examples:
         >>> import asyncio
@@ -90,9 +100,11 @@ class Positions:
     """
 
     def __init__(self, store: MutableMapping[str, Any], *, refetch: Refetch, contiguous: Collection[str],
-                 skip_over: SkipOver | None = None, max_skipped: int = MAX_SKIPPED,
-                 reseek_every: int = RESEEK_EVERY) -> None:
+                 skip_over: SkipOver | None = None, recorded: Recorded | None = None,
+                 max_skipped: int = MAX_SKIPPED, reseek_every: int = RESEEK_EVERY) -> None:
         self._store = store
+        self._recorded = recorded
+        self._next: dict[tuple[str, int], int] = {}
         self._refetch = refetch
         self._skip_over = skip_over
         self._contiguous = frozenset(contiguous)
@@ -108,13 +120,30 @@ class Positions:
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         """The next offset to apply on the partition (None: nothing applied and no start known)."""
-        stored = self._store.get(self.key(topic, partition))
-        return int(stored) if stored is not None else self._start.get((topic, partition))
+        stored = self.stored(topic, partition)
+        return stored if stored is not None else self._start.get((topic, partition))
 
     def stored(self, topic: str, partition: int) -> int | None:
-        """The next offset to apply as persisted (None: nothing applied on the partition yet)."""
-        stored = self._store.get(self.key(topic, partition))
-        return None if stored is None else int(stored)
+        """The next offset to apply as persisted (None: nothing applied on the partition yet).
+
+        The higher of the partition's ``pos/`` key and what the heads record: a crash between a
+        record's head and its ``pos/`` write leaves the head's, which covers the record.
+        """
+        tp = (topic, partition)
+        known = self._next.get(tp)
+        if known is None:
+            raw = self._store.get(self.key(topic, partition))
+            found = [int(raw)] if raw is not None else []
+            if self._recorded is not None and (in_heads := self._recorded(topic, partition)) is not None:
+                found.append(in_heads)
+            if not found:
+                return None
+            known = self._next[tp] = max(found)
+        return known
+
+    def forget(self) -> None:
+        """Read the positions from the state again (it was restored from the changelog again)."""
+        self._next.clear()
 
     def start_at(self, topic: str, partition: int, offset: int) -> None:
         """Where the consumer starts a partition that has no position yet (not persisted).
@@ -168,4 +197,5 @@ class Positions:
 
     def applied(self, topic: str, partition: int, offset: int) -> None:
         """The record at ``offset`` was handled (applied, skipped by the core or dead-lettered)."""
+        self._next[(topic, partition)] = offset + 1
         self._store[self.key(topic, partition)] = offset + 1

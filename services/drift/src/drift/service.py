@@ -6,6 +6,18 @@ predictions, and publishes reports and retrain commands. Knows nothing of Kafka.
 Everything durable goes through one ``MutableMapping`` (the stream's Faust table): the
 monitors' windows, the dataset specs, which dataset each model serves, the current champion
 per model and the predictions waiting for their label.
+
+Exactly once per record: a record that changes a dataset's state saves its position in the
+dataset's head, the commit point, with its effect (:class:`~drift.monitor.DatasetMonitor`);
+every other write of the record comes before the head and is harmless when the head is lost
+and the record applied again: a pending prediction names the record that wrote it (its
+redelivery finds it written), and a label marks the prediction it joins before the head (its
+redelivery finds its own mark and counts the error; any other label finds the prediction
+taken) and deletes it after.
+
+Pending predictions are bounded: a dataset keeps at most ``pending_max`` and none older than
+``pending_ttl_s`` of event time (``served_at``) behind the newest; the oldest go first and are
+counted in ``drift_pending_predictions_evicted_total``.
 """
 
 from __future__ import annotations
@@ -13,7 +25,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -26,10 +37,12 @@ from schemas.training import RetrainCommandV1, TrainingWindow
 
 from drift import metrics
 from drift.errors import ReferenceUnavailable, ReportNotFound, UnknownDataset
-from drift.monitor import DatasetMonitor, MonitorConfig, Observation, WindowOutcome, error_of
+from drift.monitor import DatasetMonitor, MonitorConfig, Observation, RecordPosition, WindowOutcome, error_of
 from drift.reference import VersionInfo, parse_reference
 
 log = logging.getLogger(__name__)
+
+__all__ = ["DriftService", "Publisher", "RecordPosition", "ReferenceSource"]
 
 
 class ReferenceSource(Protocol):
@@ -52,22 +65,18 @@ class Publisher(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class RecordPosition:
-    """Where a feature event was read (window offsets and redelivery checks need it)."""
-
-    topic: str
-    partition: int
-    offset: int
-
-
 class DriftService:
     """Transport-agnostic drift handling; the stream's agents call one method per event."""
 
     def __init__(self, config: MonitorConfig, store: MutableMapping[str, Any], *, references: ReferenceSource,
                  publisher: Publisher, requested_by: str = "drift", retrain_window_s: float | None = None,
-                 recovery_objective_s: float = 4 * 3600.0, clock: Callable[[], float] = time.time) -> None:
+                 recovery_objective_s: float = 4 * 3600.0, clock: Callable[[], float] = time.time,
+                 pending_ttl_s: float | None = 7 * 86400.0, pending_max: int = 100_000) -> None:
         self.config = config
+        self.pending_ttl_s = pending_ttl_s
+        self.pending_max = pending_max
+        self._pending: dict[str, dict[str, float]] = {}   # per dataset: entity -> served_at, oldest first
+        self._newest: dict[str, float] = {}
         self.recovery_objective_s = recovery_objective_s
         self._clock = clock
         self.store = store
@@ -95,6 +104,19 @@ class DriftService:
         the agents would go on from it.
         """
         self._monitors.clear()
+        self._pending.clear()
+        self._newest.clear()
+
+    def applied_through(self, topic: str, partition: int) -> int | None:
+        """The partition's next offset after every record whose position a dataset's head holds.
+
+        Read by the positions (:class:`~drift.positions.Positions`) once per partition after a
+        restore: a crash after a record's head and before its ``pos/`` write leaves this one.
+        """
+        where = f"{topic}:{partition}"
+        found = [last + 1 for dataset in self.datasets()
+                 if (last := (self.store.get(f"head/{dataset}") or {}).get("last", {}).get(where)) is not None]
+        return max(found, default=None)
 
     def restore_gauges(self) -> None:
         """Set the gauges that describe durable state (open drift episode, reference version) from it.
@@ -250,8 +272,11 @@ class DriftService:
     def _dataset_of(self, dataset: str | None, model_name: str) -> str | None:
         return dataset or self.store.get(f"model/{model_name}")
 
-    def on_prediction(self, event: PredictionEventV1) -> bool:
-        """Count a champion prediction and keep it for the label join; False when it was not used."""
+    def on_prediction(self, event: PredictionEventV1, at: RecordPosition | None = None) -> bool:
+        """Count a champion prediction and keep it for the label join; False when it was not used.
+
+        ``at``: where the record was read (its position goes into the dataset's head).
+        """
         dataset = self._dataset_of(event.dataset, event.model_name)
         if event.route != "champion" or not dataset:
             return False
@@ -259,21 +284,81 @@ class DriftService:
         if value is None and event.outputs:
             first = next(iter(event.outputs.values()))
             value = first[0] if len(first) == 1 else None
-        self.monitor(dataset).observe_prediction(value)
+        monitor = self.monitor(dataset)
         if event.entity_id and value is not None:
-            self.store[f"pred/{dataset}/{event.entity_id}"] = [value, event.model_version]
+            self._keep_pending(dataset, event, value, at)
+        monitor.observe_prediction(value, at)   # the head, last: the record's commit point
         return True
 
-    def on_label(self, event: LabelEventV1) -> bool:
-        """Join a label to its entity's last champion prediction and feed the error to the detectors."""
+    def _keep_pending(self, dataset: str, event: PredictionEventV1, value: float | int | str,
+                      at: RecordPosition | None) -> None:
+        assert event.entity_id is not None
+        key = f"pred/{dataset}/{event.entity_id}"
+        mark = _mark(at)
+        current = self.store.get(key)
+        if mark is not None and isinstance(current, dict) and current.get("at") == mark:
+            return   # this record again (its head was lost): written already, maybe joined since
+        served = event.served_at.timestamp()
+        self.store[key] = {"v": value, "ver": event.model_version, "t": served, "at": mark}
+        index = self._pending_index(dataset)
+        index.pop(event.entity_id, None)
+        index[event.entity_id] = served
+        newest = self._newest[dataset] = max(self._newest.get(dataset, served), served)
+        while index:
+            entity, t = next(iter(index.items()))
+            if len(index) > self.pending_max:
+                reason = "limit"
+            elif self.pending_ttl_s is not None and t < newest - self.pending_ttl_s:
+                reason = "ttl"
+            else:
+                break
+            del index[entity]
+            self.store.pop(f"pred/{dataset}/{entity}", None)
+            metrics.PENDING_EVICTED.labels(dataset, reason).inc()
+        metrics.PENDING.labels(dataset).set(len(index))
+
+    def _pending_index(self, dataset: str) -> dict[str, float]:
+        """The dataset's pending predictions by entity, oldest first (read from the store once)."""
+        index = self._pending.get(dataset)
+        if index is None:
+            prefix = f"pred/{dataset}/"
+            found: list[tuple[float, str]] = []
+            for key in list(self.store.keys()):
+                if str(key).startswith(prefix):
+                    raw = self.store.get(key)
+                    # entries of earlier versions ([value, version]) have no time: oldest of all
+                    found.append((float(raw.get("t", 0.0)) if isinstance(raw, dict) else float("-inf"),
+                                  str(key)[len(prefix):]))
+            found.sort()
+            index = self._pending[dataset] = {entity: t for t, entity in found}
+            if found and found[-1][0] != float("-inf"):
+                self._newest[dataset] = max(self._newest.get(dataset, found[-1][0]), found[-1][0])
+        return index
+
+    def on_label(self, event: LabelEventV1, at: RecordPosition | None = None) -> bool:
+        """Join a label to its entity's last champion prediction and feed the error to the detectors.
+
+        ``at``: where the record was read (its position goes into the dataset's head).
+        """
         key = f"pred/{event.dataset}/{event.entity_id}"
-        pending = self.store.get(key)
-        if pending is None:
+        raw = self.store.get(key)
+        if raw is None:
             return False
+        pending = raw if isinstance(raw, dict) else {"v": raw[0], "ver": raw[1]}
+        mark = _mark(at)
+        joined = pending.get("joined")
+        if joined is not None and joined != mark:
+            return False   # taken by an earlier label (whose head was saved, the delete was not)
+        if mark is not None and joined is None:
+            # marked before the head: a redelivery of this label finds its own mark and counts once
+            self.store[key] = {**pending, "joined": mark}
         raw_spec = self.store.get(f"spec/{event.dataset}")
         regression = (raw_spec or {}).get("label", {}).get("type") == "regression"
-        self.monitor(event.dataset).observe_error(error_of(pending[0], event.label, regression=regression))
-        del self.store[key]
+        self.monitor(event.dataset).observe_error(error_of(pending["v"], event.label, regression=regression), at)
+        self.store.pop(key, None)
+        index = self._pending_index(event.dataset)
+        index.pop(event.entity_id, None)
+        metrics.PENDING.labels(event.dataset).set(len(index))
         return True
 
     # ---- queries --------------------------------------------------------------------------
@@ -333,3 +418,8 @@ class DriftService:
             if raw["report_id"] == report_id:
                 return DriftReportV1.model_validate(raw)
         raise ReportNotFound(f"report {report_id!r} is not among the last {self.config.reports_kept} of its dataset")
+
+
+def _mark(at: RecordPosition | None) -> str | None:
+    """A record's identity in the state: ``topic:partition:offset``."""
+    return None if at is None else f"{at.topic}:{at.partition}:{at.offset}"

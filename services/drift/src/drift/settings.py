@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     """Objective of drift-to-recovery time: from the first drifted window of a dataset to its model's
     next champion (exported as ``drift_recovery_objective_seconds``; alerts compare against it)."""
 
+    pending_ttl_s: float | None = Field(default=7 * 86400.0, gt=0)
+    """Event time (``served_at``) a champion prediction waits for its label, behind the dataset's newest
+    prediction, before it is dropped (unset: no limit in time)."""
+
+    pending_max: int = Field(default=100_000, ge=1)
+    """Most predictions waiting for a label per dataset; past it the oldest is dropped."""
+
     reports_kept: int = Field(default=50, ge=1)
     """Recent reports kept per dataset for the REST API."""
 

@@ -13,7 +13,8 @@ Delivery: an exception in a Faust agent acks the message, so every iteration is 
 a record that can never be processed goes to ``<topic>.dlq`` with the reason; publishing
 (reports, commands, dead letters) is awaited inside the iteration, so offsets are committed
 only after the outputs were acknowledged. A crash before the commit redelivers the record; the
-monitor skips offsets it already applied and reports/commands carry deterministic ids.
+positions skip records already applied (a record's position is saved with its effect) and
+reports/commands carry deterministic ids.
 
 Positions: faust's committed offsets run past records no agent saw (it acks records delivered
 while flow control is suspended or for a stale generation, and drops records below its racy
@@ -278,11 +279,12 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
         # that loop no longer sees input holes, see ``_ReadOffsets``).
         await app.consumer._add_gap(TP(topic, partition), first, last)  # type: ignore[attr-defined]
 
-    positions = app.positions = Positions(state, refetch=refetch, contiguous=CONTIGUOUS_TOPICS,
-                                          skip_over=skip_over)
     service = DriftService(settings.monitor_config(), state, references=registry, publisher=FaustPublisher(app, state),
                            retrain_window_s=settings.retrain_window_s,
-                           recovery_objective_s=settings.recovery_objective_s)
+                           recovery_objective_s=settings.recovery_objective_s,
+                           pending_ttl_s=settings.pending_ttl_s, pending_max=settings.pending_max)
+    positions = app.positions = Positions(state, refetch=refetch, contiguous=CONTIGUOUS_TOPICS,
+                                          skip_over=skip_over, recorded=service.applied_through)
     dlq_topics = {name: app.topic(topics.dlq(name), key_serializer="raw", value_serializer="raw")
                   for name in (topics.FEATURES, topics.PREDICTIONS, topics.LABELS, topics.DATASET_SPECS,
                                topics.MODEL_REGISTERED, topics.ROLLOUT_CHANGED)}
@@ -325,11 +327,11 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
         process.__name__ = f"drift_{topic_name.replace('.', '_').replace('-', '_')}"
         app.agent(source(topic_name), name=process.__name__)(process)
 
-    async def on_prediction(e: PredictionEventV1, _: RecordPosition) -> bool:
-        return service.on_prediction(e)
+    async def on_prediction(e: PredictionEventV1, at: RecordPosition) -> bool:
+        return service.on_prediction(e, at)
 
-    async def on_label(e: LabelEventV1, _: RecordPosition) -> bool:
-        return service.on_label(e)
+    async def on_label(e: LabelEventV1, at: RecordPosition) -> bool:
+        return service.on_label(e, at)
 
     async def on_spec(e: DatasetSpecRegisteredV1, _: RecordPosition) -> None:
         await service.on_spec(e)
@@ -349,6 +351,7 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
 
     async def on_recovered() -> None:
         service.forget_monitors()
+        positions.forget()
 
     state.on_recover(on_recovered)
     return app, service

@@ -4,8 +4,10 @@ numbering and reports of an uninterrupted run.
 The stream's table is a changelog written in order but asynchronously, so ``kill -9`` leaves
 *a prefix* of the writes. Here every write is recorded, the service is restored from every
 prefix, and the input is delivered again from the start (the least favourable committed
-offset); the reports the restored service publishes, plus those the crashed one had marked as
-published, must be exactly the uninterrupted run's, each with the same content.
+offset) through the positions, as the stream's agents do; the reports the restored service
+publishes, plus those the crashed one had marked as published, must be exactly the
+uninterrupted run's, each with the same content. Predictions and labels likewise: from every
+prefix, each counts exactly once (prediction window, joined errors, pending predictions).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any
 import numpy as np
 import pytest
 from drift.monitor import DatasetMonitor, MonitorConfig
+from drift.positions import Admission, Positions
 from drift.service import DriftService, RecordPosition
 from schemas.drift import DriftReportV1
-from schemas.ingest import FeatureEventV1
+from schemas.inference import PredictionEventV1
+from schemas.ingest import FeatureEventV1, LabelEventV1
 from schemas.training import RetrainCommandV1
 
 T0 = datetime(2026, 4, 1, tzinfo=UTC)
@@ -98,11 +102,37 @@ def stream(n: int) -> list[tuple[FeatureEventV1, RecordPosition]]:
 CONFIG = MonitorConfig(window_size=12, window_step=5, min_samples=5)
 
 
+async def no_refetch(topic: str, partition: int, offset: int) -> None:
+    raise AssertionError("offsets are contiguous here")
+
+
+Input = FeatureEventV1 | PredictionEventV1 | LabelEventV1
+
+
+async def deliver(service: DriftService, store: dict[str, Any], records: list[tuple[Input, RecordPosition]],
+                  *, heads_hold_positions: bool = True) -> None:
+    """Each record as the stream's agent gives it: admitted by the positions, handled, marked applied.
+
+    ``heads_hold_positions=False`` reads the ``pos/`` keys only (the design before positions
+    travelled in the heads), to show what the heads are for.
+    """
+    positions = Positions(store, refetch=no_refetch, contiguous={"features", "preds", "labels"},
+                          recorded=service.applied_through if heads_hold_positions else None)
+    for event, at in records:
+        if await positions.admit(at.topic, at.partition, at.offset) is not Admission.APPLY:
+            continue
+        if isinstance(event, FeatureEventV1):
+            await service.on_features(event, at)
+        elif isinstance(event, PredictionEventV1):
+            service.on_prediction(event, at)
+        else:
+            service.on_label(event, at)
+        positions.applied(at.topic, at.partition, at.offset)
+
+
 async def run(store: dict[str, Any], records: list[tuple[FeatureEventV1, RecordPosition]]) -> Collect:
     out = Collect()
-    service = DriftService(CONFIG, store, references=NoRegistry(), publisher=out)
-    for event, at in records:
-        await service.on_features(event, at)
+    await deliver(DriftService(CONFIG, store, references=NoRegistry(), publisher=out), store, list(records))
     return out
 
 
@@ -126,10 +156,64 @@ async def test_a_restart_from_any_prefix_of_the_state_writes_gives_the_uninterru
         assert seen == set(expected), f"cut {cut}: windows {sorted(set(expected) - seen)} never published"
         assert len(again.reports) == len(set(r.report_id for r in again.reports)), f"cut {cut}: a window twice"
         m = DatasetMonitor("ds", CONFIG, table)
-        assert (m.seq, m.windows, m.published, m.last_offsets) == (
-            final.seq, final.windows, final.published, final.last_offsets), f"cut {cut}"
+        assert (m.seq, m.windows, m.published, m.applied) == (
+            final.seq, final.windows, final.published, final.applied), f"cut {cut}"
         assert [e.event_id for e in m._events] == [e.event_id for e in final._events], f"cut {cut}"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a restore found an inconsistent slot"
+
+
+def labelled(n: int) -> list[tuple[Input, RecordPosition]]:
+    """Champion predictions of ``n`` entities, each label two predictions later; every fourth unlabelled."""
+    preds: list[tuple[Input, RecordPosition]] = []
+    labels: list[tuple[Input, RecordPosition]] = []
+    for i in range(n):
+        preds.append((PredictionEventV1(request_id=f"r{i}", model_name="m", model_version=1, route="champion",
+                                        dataset="ds", entity_id=f"k{i}", outputs={}, prediction=float(i % 3),
+                                        latency_ms=1.0, served_at=T0 + timedelta(seconds=i)),
+                      RecordPosition("preds", 0, i)))
+        if i % 4 != 3:
+            labels.append((LabelEventV1(event_id=f"l{i}", dataset="ds", entity_id=f"k{i}",
+                                        event_time=T0 + timedelta(seconds=i), label=i % 2),
+                           RecordPosition("labels", 0, len(labels))))
+    out: list[tuple[Input, RecordPosition]] = []
+    for i, p in enumerate(preds):
+        out.append(p)
+        while labels and int(labels[0][0].entity_id[1:]) < i - 1:   # a label two predictions later
+            out.append(labels.pop(0))
+    return out + labels
+
+
+def counted(table: dict[str, Any]) -> tuple[Any, ...]:
+    """What the predictions and labels left: the prediction window, joined errors, what still waits."""
+    m = DatasetMonitor("ds", CONFIG, table)
+    errors = m._erring.load(0, m.eseq)
+    waiting = sorted(k for k, v in table.items() if k.startswith("pred/") and "joined" not in v)
+    return m.pseq, list(m._predictions), m.eseq, errors, m.window_errors, waiting
+
+
+async def test_predictions_and_labels_count_once_from_any_prefix_of_the_state_writes() -> None:
+    records = labelled(24)
+    log = Changelog()
+    await deliver(DriftService(CONFIG, log, references=NoRegistry(), publisher=Collect()), log, records)
+    expected = counted(restored(log.writes))
+    assert expected[0] == 24 and expected[2] == 18 and len(expected[5]) == 6
+    for cut in range(len(log.writes) + 1):
+        table = restored(log.writes[:cut])
+        await deliver(DriftService(CONFIG, table, references=NoRegistry(), publisher=Collect()), table, records)
+        assert counted(table) == expected, f"cut {cut}"
+
+
+async def test_a_prediction_redelivered_after_its_state_was_written_counts_once() -> None:
+    # kill -9 after the prediction's state (its head) reached the changelog, before its pos/ key.
+    [record] = labelled(1)[:1]
+    log = Changelog()
+    await deliver(DriftService(CONFIG, log, references=NoRegistry(), publisher=Collect()), log, [record])
+    assert [k for k, _ in log.writes][-1] == "pos/preds/0"
+    for heads_hold_positions, pseq in ((True, 1), (False, 2)):
+        table = restored(log.writes[:-1])
+        service = DriftService(CONFIG, table, references=NoRegistry(), publisher=Collect())
+        await deliver(service, table, [record], heads_hold_positions=heads_hold_positions)   # redelivered
+        assert service.monitor("ds").pseq == pseq   # 2: what the pos/ key alone allowed
 
 
 async def test_state_in_the_layout_of_earlier_versions_is_restored_and_rewritten() -> None:

@@ -173,5 +173,14 @@ def test_a_monitor_built_during_recovery_is_rebuilt_once_the_state_is_complete()
     recovering.update(complete)                      # the rest of the changelog
     service.forget_monitors()                        # the table's recovery completed
     assert service.status()["datasets"][0]["events"] == 5
-    assert service.monitor("d").observe(Observation({"x": 0.0}, at, T, 0, 3, "e3")) is None   # applied already
+    assert service.applied_through(T, 0) == 5                                   # where the stream goes on
     assert service.monitor("d").seq == 5
+
+
+async def test_a_position_in_a_head_ahead_of_the_pos_key_covers_its_record() -> None:
+    # kill -9 after a record's head (which holds its position) and before its pos/ key
+    heads = {(T, 0): 9}
+    p = Positions({"pos/ingest.feature-event.v1/0": 7}, refetch=Seeks(), contiguous={T},
+                  recorded=lambda topic, partition: heads.get((topic, partition)))
+    assert await feed(p, [7, 8, 9]) == [(7, ALREADY), (8, ALREADY), (9, APPLY)]
+    assert p.stored(T, 0) == 10
