@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from schemas.drift import DriftReportV1
 
 from drift.deps import ServiceDep
@@ -19,10 +19,35 @@ _STATUS: dict[type[DriftError], int] = {UnknownDataset: 404, ReportNotFound: 404
                                         ReplayError: 400}
 
 
+class ErrorPublic(BaseModel):
+    """Every refusal of a :class:`DriftError`: what went wrong and what to do, and its stable code."""
+
+    error: str = Field(description="What went wrong and what to do about it.")
+    code: str = Field(description="Stable machine-readable reason: the error's class, e.g. `UnknownDataset`.")
+
+
+class ReadinessPublic(BaseModel):
+    """Readiness, with the reason when the stream stopped consuming."""
+
+    status: Literal["ready", "starting", "crashed"]
+    reason: str | None = None
+
+
+_WHY: dict[int, str] = {404: "no such dataset or report (the `code` says which)",
+                        502: "the registry did not give the champion's reference statistics",
+                        400: "the request cannot be served as asked"}
+
+
+def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer, each with :class:`ErrorPublic`."""
+    return {code: {"model": ErrorPublic, "description": _WHY[code]} for code in codes}
+
+
 async def on_drift_error(request: Request, exc: Exception) -> JSONResponse:
     """The HTTP boundary of :class:`DriftError`."""
     assert isinstance(exc, DriftError)
-    return JSONResponse({"error": str(exc), "code": type(exc).__name__}, status_code=_STATUS.get(type(exc), 400))
+    body = ErrorPublic(error=str(exc), code=type(exc).__name__)
+    return JSONResponse(body.model_dump(), status_code=_STATUS.get(type(exc), 400))
 
 
 class DriftStatusPublic(BaseModel):
@@ -44,7 +69,7 @@ async def drift_status(service: ServiceDep) -> DriftStatusPublic:
     return DriftStatusPublic.model_validate(service.status())
 
 
-@router.get("/v1/drift/reports")
+@router.get("/v1/drift/reports", responses=refusals(404))
 async def drift_reports(service: ServiceDep, dataset: str,
                         limit: Annotated[int, Query(ge=1, le=500)] = 20) -> DriftReportsPublic:
     """The most recent reports of ``dataset``, newest first."""
@@ -52,7 +77,7 @@ async def drift_reports(service: ServiceDep, dataset: str,
     return DriftReportsPublic(data=data, count=len(data))
 
 
-@router.get("/v1/drift/reports/{report_id}")
+@router.get("/v1/drift/reports/{report_id}", responses=refusals(404))
 async def drift_report(service: ServiceDep, report_id: str) -> DriftReportV1:
     """One recent report."""
     return service.report(report_id)
@@ -64,7 +89,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=ReadinessPublic,
+            responses={503: {"model": ReadinessPublic, "description": "starting (table recovering, rebalance) or "
+                                                                       "crashed (stopped consuming), with the reason"}})
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the stream app is running, its table is recovered and nothing of it has crashed.
 
@@ -84,7 +111,8 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
 async def metrics(request: Request) -> Response:
     """Prometheus exposition; the first scrape after the table's recovery restores the state gauges."""
     app = request.app.state.faust
