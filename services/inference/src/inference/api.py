@@ -35,6 +35,68 @@ ENTITY_HEADER = "x-tributary-entity"
 _RETRY = {429, 503, 504}
 
 
+class ErrorPublic(BaseModel):
+    """Every refusal's body: what was wrong, a stable code, and for a malformed body each problem."""
+
+    error: str = Field(description="What was wrong, in words.")
+    code: str = Field(description="Stable machine-readable code (e.g. invalid_input, model_not_found).")
+    problems: list[dict[str, Any]] | None = Field(default=None, description="Each bad field (422 only).")
+
+
+_WHY: dict[int, str] = {
+    400: "malformed tensors or features: wrong shape, datatype, names, or a body that is not a v2 request",
+    401: "the operator token is missing or wrong",
+    404: "the model has no rollout here, or the version is not one of its rollout's",
+    409: "the rollout changed since `expected_revision`",
+    422: "a parameter or body field fails its declared type or bounds; every problem is listed",
+    429: "too many requests in flight or Triton's queue is full; retry after `Retry-After` seconds",
+    502: "Triton failed running the model, or the registry refused the alias change",
+    503: "Triton (and any fallback) or the registry is unreachable; retry after `Retry-After` seconds",
+    504: "Triton did not answer within the deadline; retry after `Retry-After` seconds",
+}
+
+
+def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer, each with :class:`ErrorPublic`."""
+    return {code: {"model": ErrorPublic, "description": _WHY[code]} for code in codes}
+
+
+class ReadinessPublic(BaseModel):
+    """A readiness answer (200 ready, 503 not) and why."""
+
+    model_config = ConfigDict(extra="allow")
+
+    reason: str | None = None
+
+
+METADATA_REFUSALS = refusals(404, 422, 502, 503, 504)
+INFER_REFUSALS = refusals(400, 404, 422, 429, 502, 503, 504)
+NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"model": ReadinessPublic, "description": "not ready, with the reason"}}
+
+V2_INFER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {
+        "type": "object", "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": {"type": "object", "description": "e.g. entity_id (stickiness), binary_data_output"},
+            "inputs": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name", "shape", "datatype"],
+                "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+                               "datatype": {"type": "string"}, "parameters": {"type": "object"},
+                               "data": {"type": "array", "description": "the tensor's values, row-major"}}}},
+            "outputs": {"type": "array", "items": {
+                "type": "object", "required": ["name"],
+                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}}}},
+        }}},
+    "application/octet-stream": {"schema": {
+        "type": "string", "format": "binary",
+        "description": "binary tensor extension: a JSON request of `Inference-Header-Content-Length` bytes, "
+                       "then the raw tensors"}},
+}}}
+"""The v2 infer body in the OpenAPI document (the route reads the body itself: JSON or binary tensors)."""
+
+
 async def on_inference_error(request: Request, exc: Exception) -> JSONResponse:
     """Answer a domain error as KServe does (``{"error": ...}``), with a code and Retry-After."""
     assert isinstance(exc, InferenceError)
@@ -55,7 +117,7 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/v2/health/ready", tags=["v2"], responses={503: {"description": "not ready, with the reason"}})
+@router.get("/v2/health/ready", tags=["v2"], responses=NOT_READY)
 async def ready(service: ServiceDep) -> JSONResponse:
     """Readiness: the rollout state is loaded and Triton (or the fallback) can serve."""
     ok, reason = await service.ready()
@@ -77,7 +139,7 @@ def _metadata(model: str, route: ModelRoute, signature: Signature) -> dict[str, 
             "inputs": [_spec_json(s) for s in signature.inputs], "outputs": [_spec_json(s) for s in signature.outputs]}
 
 
-@router.get("/v2/models/{name}", tags=["v2"])
+@router.get("/v2/models/{name}", tags=["v2"], responses=METADATA_REFUSALS)
 async def model_metadata(name: str, service: ServiceDep) -> dict[str, Any]:
     """Metadata of the model's champion version, and every version of its rollout."""
     route = service.rollout.route(name)
@@ -87,7 +149,7 @@ async def model_metadata(name: str, service: ServiceDep) -> dict[str, Any]:
     return _metadata(name, route, await service.signature(name, version))
 
 
-@router.get("/v2/models/{name}/versions/{version}", tags=["v2"])
+@router.get("/v2/models/{name}/versions/{version}", tags=["v2"], responses=METADATA_REFUSALS)
 async def version_metadata(name: str, version: int, service: ServiceDep) -> dict[str, Any]:
     """Metadata of one version of the rollout."""
     route = service.rollout.route(name)
@@ -96,14 +158,15 @@ async def version_metadata(name: str, version: int, service: ServiceDep) -> dict
     return _metadata(name, route, await service.signature(name, version))
 
 
-@router.get("/v2/models/{name}/ready", tags=["v2"])
+@router.get("/v2/models/{name}/ready", tags=["v2"], responses={**refusals(404), **NOT_READY})
 async def model_ready(name: str, service: ServiceDep) -> JSONResponse:
     """200 when the model's champion can answer now, 503 otherwise."""
     ok = await service.model_ready(name)
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"])
+@router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"],
+             responses={**refusals(404, 422), **NOT_READY})
 async def version_ready(name: str, version: int, service: ServiceDep) -> JSONResponse:
     """200 when this version of the rollout can answer now, 503 otherwise."""
     ok = await service.model_ready(name, version)
@@ -219,13 +282,14 @@ async def _infer(name: str, version: int | None, request: Request, service: Serv
     return Response(content, media_type=media_type, headers=headers)
 
 
-@router.post("/v2/models/{name}/infer", tags=["v2"])
+@router.post("/v2/models/{name}/infer", tags=["v2"], responses=INFER_REFUSALS, openapi_extra=V2_INFER_BODY)
 async def infer(name: str, request: Request, service: ServiceDep) -> Response:
     """Run the version the rollout routes this caller to (KServe v2 JSON or binary tensors)."""
     return await _infer(name, None, request, service)
 
 
-@router.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"])
+@router.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], responses=INFER_REFUSALS,
+             openapi_extra=V2_INFER_BODY)
 async def infer_version(name: str, version: int, request: Request, service: ServiceDep) -> Response:
     """Run a version the caller pins (it must be one of the rollout's versions)."""
     return await _infer(name, version, request, service)
@@ -270,7 +334,7 @@ class PredictionPublic(BaseModel):
     latency_ms: float
 
 
-@router.post("/v1/predict", response_model=PredictionPublic, tags=["predict"])
+@router.post("/v1/predict", response_model=PredictionPublic, tags=["predict"], responses=INFER_REFUSALS)
 async def predict(body: PredictionCreate, response: Response, service: ServiceDep) -> PredictionPublic:
     """Predict for one entity from named features, completed from the online store."""
     answer = await service.predict(PredictRequest(model=body.model, entity=body.entity_id, features=body.features,
@@ -329,14 +393,16 @@ async def list_rollouts(service: ServiceDep) -> RolloutsPublic:
     return RolloutsPublic(rollouts=[_public(r) for r in service.rollout.table.values()])
 
 
-@router.get("/v1/rollout/{model}", response_model=RolloutPublic, tags=["operator"])
+@router.get("/v1/rollout/{model}", response_model=RolloutPublic, tags=["operator"], responses=refusals(404))
 async def get_rollout(model: str, service: ServiceDep) -> RolloutPublic:
     """One model's rollout."""
     return _public(service.rollout.route(model))
 
 
 @router.put("/v1/rollout/{model}", response_model=RolloutPublic, tags=["operator"],
-            responses={202: {"description": "the registry made the change; this replica does not serve it yet"}})
+            responses={202: {"model": RolloutPublic,
+                             "description": "the registry made the change; this replica does not serve it yet"},
+                       **refusals(400, 401, 404, 409, 422, 502, 503)})
 async def change_rollout(model: str, body: RolloutUpdate, service: ServiceDep, operator: OperatorDep,
                          aliases: AliasesDep, settings: SettingsDep) -> Response:
     """Change one alias on every replica.
@@ -387,7 +453,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["operations"], responses={503: {"description": "not ready, with the reason"}})
+@router.get("/readyz", tags=["operations"], responses=NOT_READY)
 async def readyz(service: ServiceDep, settings: SettingsDep) -> JSONResponse:
     """Readiness (as ``/v2/health/ready``)."""
     ok, reason = await service.ready()
@@ -395,7 +461,8 @@ async def readyz(service: ServiceDep, settings: SettingsDep) -> JSONResponse:
                         status_code=200 if ok else 503)
 
 
-@router.get("/metrics", tags=["operations"], response_class=Response)
+@router.get("/metrics", tags=["operations"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
 async def metrics_endpoint() -> Response:
     """Prometheus metrics."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
