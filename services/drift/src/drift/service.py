@@ -13,7 +13,9 @@ every other write of the record comes before the head and is harmless when the h
 and the record applied again: a pending prediction names the record that wrote it (its
 redelivery finds it written), and a label marks the prediction it joins before the head (its
 redelivery finds its own mark and counts the error; any other label finds the prediction
-taken) and deletes it after.
+taken) and deletes it after, unless the prediction's own head is not written yet (a crash
+lost it and the label came first after the restart): then the marked entry stays, so the
+prediction's redelivery finds it taken instead of waiting for a label again.
 
 Pending predictions are bounded: a dataset keeps at most ``pending_max`` and none older than
 ``pending_ttl_s`` of event time (``served_at``) behind the newest; the oldest go first and are
@@ -354,7 +356,14 @@ class DriftService:
             self.store[key] = {**pending, "joined": mark}
         raw_spec = self.store.get(f"spec/{event.dataset}")
         regression = (raw_spec or {}).get("label", {}).get("type") == "regression"
-        self.monitor(event.dataset).observe_error(error_of(pending["v"], event.label, regression=regression), at)
+        monitor = self.monitor(event.dataset)
+        monitor.observe_error(error_of(pending["v"], event.label, regression=regression), at)
+        if mark is not None and not _committed(monitor, pending.get("at")):
+            # The prediction's own head was lost in a crash (its entry got in, this label came
+            # first from another topic): it will be applied again and must find its entry
+            # taken, not write it afresh, so the marked entry stays (until a newer prediction
+            # of the entity or the bounds drop it).
+            return True
         self.store.pop(key, None)
         index = self._pending_index(event.dataset)
         index.pop(event.entity_id, None)
@@ -418,6 +427,14 @@ class DriftService:
             if raw["report_id"] == report_id:
                 return DriftReportV1.model_validate(raw)
         raise ReportNotFound(f"report {report_id!r} is not among the last {self.config.reports_kept} of its dataset")
+
+
+def _committed(monitor: DatasetMonitor, mark: str | None) -> bool:
+    """Whether the record ``mark`` names (``topic:partition:offset``) is covered by the dataset's head."""
+    if mark is None:
+        return True
+    topic, partition, offset = mark.rsplit(":", 2)
+    return (monitor.applied_through(topic, int(partition)) or 0) > int(offset)
 
 
 def _mark(at: RecordPosition | None) -> str | None:

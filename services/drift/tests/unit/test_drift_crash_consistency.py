@@ -216,6 +216,25 @@ async def test_a_prediction_redelivered_after_its_state_was_written_counts_once(
         assert service.monitor("ds").pseq == pseq   # 2: what the pos/ key alone allowed
 
 
+async def test_a_label_first_after_a_restart_joins_a_prediction_whose_head_was_lost_once() -> None:
+    # kill -9 after the prediction's pending entry, before its head; after the restart its label
+    # (another topic) comes before the prediction's redelivery, then a second label of the entity.
+    prediction, label = labelled(3)[0], labelled(3)[3]
+    assert isinstance(label[0], LabelEventV1) and label[0].entity_id == "k0"
+    second = (label[0].model_copy(update={"event_id": "l0-again"}), RecordPosition("labels", 0, 1))
+    log = Changelog()
+    await deliver(DriftService(CONFIG, log, references=NoRegistry(), publisher=Collect()), log, [prediction])
+    cut = [k for k, _ in log.writes].index("pred/ds/k0") + 1
+    uninterrupted: dict[str, Any] = {}
+    await deliver(DriftService(CONFIG, uninterrupted, references=NoRegistry(), publisher=Collect()), uninterrupted,
+                  [prediction, label, second])
+    table = restored(log.writes[:cut])
+    await deliver(DriftService(CONFIG, table, references=NoRegistry(), publisher=Collect()), table,
+                  [label, prediction, second])
+    assert counted(table)[:4] == counted(uninterrupted)[:4]
+    assert counted(table)[2] == 1 and counted(table)[5] == []
+
+
 async def test_state_in_the_layout_of_earlier_versions_is_restored_and_rewritten() -> None:
     records = stream(70)
     expected = (await run({}, records)).reports
