@@ -434,6 +434,7 @@ class LoadServices:
         self.gateway = ServiceProcess("inference", "inference", {
             "INFERENCE_KAFKA_BOOTSTRAP": bootstrap, "INFERENCE_PORT": str(ports["inference"]),
             "INFERENCE_GRPC_PORT": str(free_port()), "INFERENCE_TRITON_GRPC_URL": triton.grpc_url,
+            "INFERENCE_TRITON_HTTP_URL": triton.http_url,
             "INFERENCE_REDIS_URL": redis_url, "INFERENCE_REDIS_PREFIX": f"load-{unique}:",
             "INFERENCE_GROUP_SUFFIX": f"-load-{unique}", "INFERENCE_REGISTRY_URL": self.urls["registry"],
             "INFERENCE_CANARY_ANALYSIS": "false", "INFERENCE_LOG_LEVEL": "WARNING",

@@ -309,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             service("inference", {
                 "INFERENCE_KAFKA_BOOTSTRAP": kafka, "INFERENCE_PORT": str(args.inference_port),
                 "INFERENCE_GRPC_PORT": str(free_port()), "INFERENCE_REDIS_URL": redis.url,
-                "INFERENCE_TRITON_GRPC_URL": triton.grpc_url, "INFERENCE_FALLBACK": "onnxruntime",
+                "INFERENCE_TRITON_GRPC_URL": triton.grpc_url, "INFERENCE_TRITON_HTTP_URL": triton.http_url,
+                "INFERENCE_FALLBACK": "onnxruntime",
                 "INFERENCE_MODEL_REPOSITORY": str(model_repository), "INFERENCE_REGISTRY_URL": url["registry"],
                 "INFERENCE_REGISTRY_TOKEN": tokens["inference"],
                 "INFERENCE_MODEL_DATASETS": json.dumps({MODEL: DATASET})}),

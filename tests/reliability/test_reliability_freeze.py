@@ -271,7 +271,8 @@ def _summary(answers: list[Answer]) -> str:
 
 
 def _gateway(triton: TritonServer, kafka_bootstrap: str, redis_url: str, repo: Path, logs: Path,
-             fallback: str = "none") -> ServiceProcess:
+             fallback: str = "none", transport: str = "grpc") -> ServiceProcess:
+    """A gateway on ``triton``; ``transport="http"`` sends its inference calls over Triton's HTTP endpoint."""
     rollout_topic = f"test.rollout.{uuid.uuid4().hex[:8]}"
     make_topics(kafka_bootstrap, rollout_topic)
     port = free_port()
@@ -283,17 +284,20 @@ def _gateway(triton: TritonServer, kafka_bootstrap: str, redis_url: str, repo: P
            "INFERENCE_CONSUME_REQUESTS": "false", "INFERENCE_LOG_JSON": "false", "INFERENCE_FALLBACK": fallback,
            "INFERENCE_MODEL_REPOSITORY": str(repo), "INFERENCE_BACKEND_TIMEOUT_S": str(BACKEND_TIMEOUT_S),
            "INFERENCE_MAX_INFLIGHT": str(MAX_INFLIGHT)}
+    if transport == "http":
+        env["INFERENCE_TRITON_HTTP_URL"] = triton.http_url
     return ServiceProcess("inference", "inference", env, ready_url=f"http://127.0.0.1:{port}/readyz",
                           log_path=logs / "inference.log")
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
         private_triton: TritonServer, kafka_bootstrap: str, redis_url: str, freezer: list[Frozen],
-        tmp_path: Path) -> None:
+        tmp_path: Path, transport: str) -> None:
     repo = tmp_path / "repo"
     write_registry_model(repo, MODEL, all_versions())
     add_model(private_triton, repo, MODEL)
-    gateway = _gateway(private_triton, kafka_bootstrap, redis_url, repo, tmp_path)
+    gateway = _gateway(private_triton, kafka_bootstrap, redis_url, repo, tmp_path, transport=transport)
     gateway.start()
     url = f"http://127.0.0.1:{port_of(gateway)}"
     assert gateway.process is not None and private_triton.process is not None
@@ -359,10 +363,11 @@ def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
     assert late and all(a.status == 200 for a in late), {(a.status, a.body) for a in late if a.status != 200}
     assert alive and gateway.process.pid == pid                               # never restarted
     # No unbounded queue and no connection left behind by a timed-out call: memory stays flat and
-    # the gateway never holds more connections to Triton than calls in flight (plan: <= the
-    # concurrency limit, a bound this test's callers cannot even reach).
+    # the gateway holds one gRPC connection (metadata and health, and every call over gRPC) plus,
+    # over HTTP, at most one connection per call in flight (plan: <= the concurrency limit, a
+    # bound this test's callers cannot even reach).
     assert rss_growth < 50, rss_growth
-    assert most_connections <= min(CALLERS, MAX_INFLIGHT), most_connections
+    assert most_connections <= min(CALLERS + 1, MAX_INFLIGHT), most_connections
 
 
 def test_frozen_triton_with_the_fallback_configured_is_served_from_onnxruntime(
