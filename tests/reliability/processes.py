@@ -127,6 +127,7 @@ class Record:
     offset: int
     key: str | None
     value: dict[str, Any]
+    headers: dict[str, bytes] = field(default_factory=dict)
 
 
 def committed_offset(bootstrap: str, group: str, topic: str, partition: int = 0) -> int:
@@ -166,7 +167,8 @@ def read_topic(bootstrap: str, topic: str, *, match: Callable[[Record], bool] = 
             except ValueError:              # a poison record (another test's): not JSON at all
                 value = None
             record = Record(partition, offset, raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes)
-                            else raw_key, value if isinstance(value, dict) else {"undecodable": msg.value()})
+                            else raw_key, value if isinstance(value, dict) else {"undecodable": msg.value()},
+                            {k: v or b"" for k, v in msg.headers() or []})
             if match(record):
                 found.append(record)
         return found

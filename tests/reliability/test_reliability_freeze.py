@@ -29,9 +29,10 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -260,6 +261,45 @@ class Usage:
         return [s for s in self.samples if t0 <= s[0] < t1]
 
 
+HUNG_S = 20.0
+"""How long after SIGCONT the local Triton may take to answer before it is probed directly."""
+
+
+def _triton_again(server: TritonServer, load: InferLoad, resumed: float, matches: Callable[[Answer], bool],
+                  what: Callable[[], str]) -> Answer | None:
+    """The first answer that ``matches`` after SIGCONT; None when the test bed's Triton itself is hung.
+
+    The CPU Triton of this test bed runs each model in a Python-backend stub that talks to the
+    server over shared memory with timed interprocess locks; a SIGSTOP/SIGCONT of the group can
+    leave the server stuck on one for good (seen on CI: its log ends in
+    ``boost::interprocess::lock_exception`` when it is stopped). When no answer came within
+    :data:`HUNG_S`, Triton is asked directly: if it does not answer either, the recovery cannot be
+    judged (None); if it does, the gateway has 60 s more to find it, then the test fails.
+    """
+    deadline = time.monotonic() + HUNG_S
+    while time.monotonic() < deadline:
+        found = next((a for a in load.since(resumed) if matches(a)), None)
+        if found is not None:
+            return found
+        time.sleep(0.1)
+    try:
+        direct = httpx.post(f"{server.http_url}/v2/models/{MODEL}/versions/1/infer",
+                            json=v2_body([[1.0, 2.0, 3.0, 4.0]]), timeout=5)
+        hung = direct.status_code != 200
+    except httpx.HTTPError:
+        hung = True
+    if hung:
+        return None
+    return wait_for(lambda: next((a for a in load.since(resumed) if matches(a)), None), what, 60)
+
+
+def _hung(server: TritonServer) -> NoReturn:
+    """Say that the recovery was not judged because Triton itself stayed hung (an expected failure)."""
+    pytest.xfail(f"the test bed's Triton gave no answer {HUNG_S:.0f}s after SIGCONT, not even when asked "
+                 f"directly (its Python-backend stubs hang after a freeze at times); everything up to the "
+                 f"resume was checked. Triton's log:\n{server.tail()}")
+
+
 def _summary(answers: list[Answer]) -> str:
     """Statuses with a count and one body each, for a failure message."""
     counts: dict[int, int] = {}
@@ -323,12 +363,13 @@ def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
         triton.resume()
         resumed = triton.resumed_at
         assert resumed is not None
-        first = wait_for(lambda: next((a for a in load.since(resumed) if a.status == 200), None),
-                         lambda: f"a 200 after Triton resumed (since then: {_summary(load.since(resumed))})\n"
-                         f"client failures: {load.failures[-3:]}\nTriton's log:\n{private_triton.tail()}\n"
-                         f"gateway's log:\n{gateway.tail()}", 60)
-        recovered_s = first.started + first.seconds - resumed
-        wait_for(lambda: len(load.since(first.started + 5)) >= 100, "100 requests 5 s after the first 200", 90)
+        first = _triton_again(
+            private_triton, load, resumed, lambda a: a.status == 200,
+            lambda: f"a 200 after Triton resumed (since then: {_summary(load.since(resumed))})\n"
+            f"client failures: {load.failures[-3:]}\nTriton's log:\n{private_triton.tail()}\n"
+            f"gateway's log:\n{gateway.tail()}")
+        if first is not None:
+            wait_for(lambda: len(load.since(first.started + 5)) >= 100, "100 requests 5 s after the first 200", 90)
         alive = gateway.process.poll() is None
     finally:
         usage.stop()
@@ -346,7 +387,9 @@ def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
     most_connections = max(s[2] for s in usage.samples)
     print(f"answers={len(answers)} during freeze={len(during)} statuses during="
           f"{sorted({a.status for a in during})} slowest={max(a.seconds for a in answers):.2f}s "
-          f"readiness {ready.status_code} in {ready_s:.2f}s; first 200 {recovered_s:.2f}s after resume; "
+          f"readiness {ready.status_code} in {ready_s:.2f}s; first 200 "
+          f"{'never (Triton hung)' if first is None else f'{first.started + first.seconds - resumed:.2f}s'} "
+          f"after resume; "
           f"RSS {before_freeze[-1][1]:.0f} MiB before the freeze, growth {rss_growth:.1f} MiB; connections to "
           f"Triton before the freeze {sorted({s[2] for s in before_freeze})}, from the freeze on "
           f"{sorted({s[2] for s in after})}")
@@ -358,9 +401,6 @@ def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
     assert any(a.status in (503, 504) for a in during), "the freeze had no effect"
     assert ready_s <= BACKEND_TIMEOUT_S + SLACK_S, ready_s
     assert ready.status_code == 503 and "Triton" in ready.json()["reason"], ready.text
-    assert recovered_s <= 5.0, recovered_s
-    late = [a for a in answers if a.started >= first.started + 5]
-    assert late and all(a.status == 200 for a in late), {(a.status, a.body) for a in late if a.status != 200}
     assert alive and gateway.process.pid == pid                               # never restarted
     # No unbounded queue and no connection left behind by a timed-out call: memory stays flat and
     # the gateway holds one gRPC connection (metadata and health, and every call over gRPC) plus,
@@ -368,6 +408,11 @@ def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
     # bound this test's callers cannot even reach).
     assert rss_growth < 50, rss_growth
     assert most_connections <= min(CALLERS + 1, MAX_INFLIGHT), most_connections
+    if first is None:
+        _hung(private_triton)
+    assert first.started + first.seconds - resumed <= 5.0
+    late = [a for a in answers if a.started >= first.started + 5]
+    assert late and all(a.status == 200 for a in late), {(a.status, a.body) for a in late if a.status != 200}
 
 
 def test_frozen_triton_with_the_fallback_configured_is_served_from_onnxruntime(
@@ -402,8 +447,10 @@ def test_frozen_triton_with_the_fallback_configured_is_served_from_onnxruntime(
         triton.resume()
         resumed = triton.resumed_at
         assert resumed is not None
-        back = wait_for(lambda: next((a for a in load.since(resumed) if a.backend == "triton"), None),
-                        "an answer from Triton after it resumed", 60)
+        back = _triton_again(
+            private_triton, load, resumed, lambda a: a.backend == "triton",
+            lambda: f"an answer from Triton after it resumed (since then: {_summary(load.since(resumed))})\n"
+            f"Triton's log:\n{private_triton.tail()}\ngateway's log:\n{gateway.tail()}")
     finally:
         if load is not None:
             load.stop()
@@ -415,7 +462,8 @@ def test_frozen_triton_with_the_fallback_configured_is_served_from_onnxruntime(
     during = [a for a in answers if triton.stopped_at + BACKEND_TIMEOUT_S + SLACK_S <= a.started < resumed]
     print(f"answers={len(answers)} during freeze={len(during)} backends during="
           f"{sorted({str(a.backend) for a in during})} slowest={max(a.seconds for a in answers):.2f}s; "
-          f"Triton again {back.started + back.seconds - resumed:.2f}s after resume")
+          f"Triton again {'never (hung)' if back is None else f'{back.started + back.seconds - resumed:.2f}s'} "
+          "after resume")
     assert load.failures == []
     assert {a.status for a in answers} == {200}, {(a.status, a.body) for a in answers if a.status != 200}
     assert max(a.seconds for a in answers) <= BACKEND_TIMEOUT_S + SLACK_S
@@ -423,5 +471,7 @@ def test_frozen_triton_with_the_fallback_configured_is_served_from_onnxruntime(
     assert during and sum(a.backend == "onnxruntime" for a in during) >= 0.9 * len(during), \
         {b: sum(a.backend == b for a in during) for b in {a.backend for a in during}}
     assert ready.status_code == 200 and "fallback" in ready.json()["reason"], ready.text
+    if back is None:
+        _hung(private_triton)
     assert back.started + back.seconds - resumed <= 5.0
 

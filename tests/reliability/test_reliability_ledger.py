@@ -17,7 +17,6 @@ window check therefore reads only the reports whose header names this test's dri
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -27,7 +26,6 @@ from typing import Any
 
 import httpx
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from drift.kafka import APP_ID_HEADER
 
 from deploy.localstack import Broker
@@ -138,36 +136,14 @@ def _ks_sample_sizes(report: dict[str, Any]) -> list[int]:
     return [int(r["sample_size"]) for r in report["results"] if r["feature"] == "seq" and r["test"] == "ks"]
 
 
-def reports_of(bootstrap: str, dataset: str, app_id: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+def reports_of(bootstrap: str, dataset: str, app_id: str) -> list[dict[str, Any]]:
     """The payloads of every report of ``dataset`` the drift deployment ``app_id`` published, in topic order.
 
-    Read from the beginning of the reports topic to its current end; reports of the dataset from
-    other deployments (their header names another app id) are left out.
+    Reports of the dataset from other deployments (their header names another app id) are left out.
     """
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reliability-reports-{app_id}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
-    try:
-        partitions = consumer.list_topics(topics.DRIFT_REPORTS, timeout=10).topics[topics.DRIFT_REPORTS].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topics.DRIFT_REPORTS, p), timeout=10)[1]
-                for p in partitions}
-        consumer.assign([TopicPartition(topics.DRIFT_REPORTS, p, OFFSET_BEGINNING) for p in partitions])
-        position = {p: -1 for p in partitions}
-        found: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout_s
-        while any(position[p] + 1 < ends[p] for p in partitions):
-            if time.monotonic() > deadline:
-                pytest.fail(f"{topics.DRIFT_REPORTS}: could not read up to {ends} within {timeout_s}s", pytrace=False)
-            msg = consumer.poll(0.2)
-            if msg is None or msg.error() is not None:
-                continue
-            partition, offset = msg.partition(), msg.offset()
-            assert partition is not None and offset is not None
-            position[partition] = offset
-            if msg.key() == dataset.encode() and dict(msg.headers() or []).get(APP_ID_HEADER) == app_id.encode():
-                found.append(json.loads(msg.value() or b"{}")["payload"])
-        return found
-    finally:
-        consumer.close()
+    records = read_topic(bootstrap, topics.DRIFT_REPORTS, match=lambda r: r.key == dataset
+                         and r.headers.get(APP_ID_HEADER) == app_id.encode())
+    return [r.value["payload"] for r in records]
 
 
 def test_broker_killed_and_restarted_gives_503_or_acks_and_loses_nothing(
