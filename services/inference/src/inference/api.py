@@ -51,7 +51,8 @@ _WHY: dict[int, str] = {
     422: "a parameter or body field fails its declared type or bounds; every problem is listed",
     429: "too many requests in flight or Triton's queue is full; retry after `Retry-After` seconds",
     502: "Triton failed running the model, or the registry refused the alias change",
-    503: "Triton (and any fallback) or the registry is unreachable; retry after `Retry-After` seconds",
+    503: "Triton (and any fallback) or the registry is unreachable, Triton's circuit breaker is open, or Triton has "
+         "not loaded the routed version; retry after `Retry-After` seconds",
     504: "Triton did not answer within the deadline; retry after `Retry-After` seconds",
 }
 
@@ -121,7 +122,8 @@ async def live() -> dict[str, bool]:
 async def ready(service: ServiceDep) -> JSONResponse:
     """Readiness: the rollout state is loaded and Triton (or the fallback) can serve."""
     ok, reason = await service.ready()
-    return JSONResponse({"ready": ok, "reason": reason}, status_code=200 if ok else 503)
+    return JSONResponse({"ready": ok, "reason": reason, "breaker": service.breaker.state},
+                        status_code=200 if ok else 503)
 
 
 @router.get("/v2", tags=["v2"])
@@ -457,8 +459,8 @@ async def healthz() -> dict[str, str]:
 async def readyz(service: ServiceDep, settings: SettingsDep) -> JSONResponse:
     """Readiness (as ``/v2/health/ready``)."""
     ok, reason = await service.ready()
-    return JSONResponse({"status": "ready" if ok else "unavailable", "reason": reason},
-                        status_code=200 if ok else 503)
+    return JSONResponse({"status": "ready" if ok else "unavailable", "reason": reason,
+                         "breaker": service.breaker.state}, status_code=200 if ok else 503)
 
 
 @router.get("/metrics", tags=["operations"], response_class=Response,

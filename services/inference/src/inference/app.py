@@ -31,6 +31,7 @@ from tributary_kit.telemetry import build_tracer_provider
 from inference import __version__, api, infer_asgi
 from inference.aliases import AliasWriter, LocalAliases, ReadOnlyAliases, RegistryAliases
 from inference.backend import Backend
+from inference.breaker import CircuitBreaker
 from inference.canary import CanaryAnalyzer, CanaryStats, LabelJoin, Policy
 from inference.coalesce import Coalescer
 from inference.consumer import RequestHandler
@@ -118,7 +119,10 @@ def create_app(settings: Settings) -> FastAPI:
                 stats=stats, labels=labels, store=store, timeout_s=settings.backend_timeout_s,
                 max_inflight=settings.max_inflight, compare_canary=settings.compare_canary,
                 model_features=settings.model_features, model_datasets=settings.model_datasets,
-                contracts=contracts, tracer=tracer)
+                contracts=contracts, tracer=tracer,
+                breaker=CircuitBreaker(triton.name, failures=settings.breaker_failures,
+                                       cooldown_s=settings.breaker_cooldown_s,
+                                       probe_timeout_s=2 * settings.backend_timeout_s + 1))
             # The registry, when there is one, is the only writer of aliases (see aliases.py).
             writer: AliasWriter
             if settings.registry_url and settings.registry_token is not None:

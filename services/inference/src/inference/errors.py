@@ -49,6 +49,21 @@ class BackendUnavailable(InferenceError):
     code = "backend_unavailable"
 
 
+class BreakerOpen(BackendUnavailable):
+    """Triton was skipped: its circuit breaker is open after calls that got no answer, and no fallback is set."""
+
+    code = "breaker_open"
+
+
+class VersionUnavailable(InferenceError):
+    """The routing table names a version that Triton has not loaded (or not made ready), and no fallback serves it.
+
+    The server's state, not the caller's error: the version is approved, the caller may retry.
+    """
+
+    code = "version_unavailable"
+
+
 class BackendTimeout(InferenceError):
     """Triton did not answer within the configured timeout."""
 
@@ -83,6 +98,7 @@ HTTP_STATUS: tuple[tuple[type[InferenceError], int], ...] = (
     (RegistryRefused, 502),
     (RegistryUnavailable, 503),
     (BackendUnavailable, 503),
+    (VersionUnavailable, 503),
     (BackendTimeout, 504),
 )
 """The HTTP status of each error (most specific class first)."""

@@ -25,7 +25,20 @@ BACKEND_SECONDS = Histogram(
     ["backend", "model", "version"],
     buckets=_LATENCY_BUCKETS,
 )
-FALLBACKS = Counter("inference_fallback_total", "Requests answered by the onnxruntime fallback, by model.", ["model"])
+FALLBACKS = Counter(
+    "inference_fallback_total",
+    "Requests answered by the onnxruntime fallback, by model and reason (unreachable|timeout: the Triton call got "
+    "no answer; breaker_open: Triton skipped; not_loaded: Triton lacks the routed version).",
+    ["model", "reason"],
+)
+BREAKER_STATE = Gauge("inference_breaker_state", "Circuit breaker state by backend (0 closed, 1 open, 2 half-open).",
+                      ["backend"])
+BREAKER_TRANSITIONS = Counter("inference_breaker_transitions_total",
+                              "Circuit breaker state changes by backend, from and to state.",
+                              ["backend", "from_state", "to_state"])
+BREAKER_PROBES = Counter("inference_breaker_probes_total",
+                         "Half-open probes by backend, kind (request|health) and outcome (ok|failed).",
+                         ["backend", "kind", "outcome"])
 SHED = Counter("inference_shed_total", "Requests refused with 429, by reason (inflight|backend_queue).", ["reason"])
 INFLIGHT = Gauge("inference_inflight", "Requests being served right now.")
 SHADOW_DROPPED = Counter(

@@ -3,8 +3,9 @@
 REST, gRPC and the Kafka request consumer all call :meth:`InferenceService.infer` (raw v2
 tensors) or :meth:`InferenceService.predict` (named features merged with the online store).
 The core picks the version (sticky canary routing on the caller's key), checks the inputs
-against the version's signature, runs it on Triton within the deadline (or on the onnxruntime
-fallback when Triton is unreachable and the fallback is on), and then, without making the caller
+against the version's signature, runs it on Triton within the deadline behind a circuit breaker
+(:mod:`inference.breaker`; the onnxruntime fallback answers when Triton gets skipped, gives no
+answer, or lacks the routed version, and the fallback is on), and then, without making the caller
 wait: mirrors to the shadow version, compares canary answers with the champion's, records the
 canary evidence, and queues a ``PredictionEventV1``. A request read from Kafka asks for a durable
 event instead (``durable_event``): it is never dropped, and the result carries a future done when
@@ -18,10 +19,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 from opentelemetry import trace
@@ -30,16 +31,19 @@ from tributary_kit.telemetry import context_from
 
 from inference import metrics
 from inference.backend import Backend
+from inference.breaker import CircuitBreaker
 from inference.canary import CanaryStats, LabelJoin
 from inference.contracts import ContractSource, InputContract
 from inference.errors import (
     BackendFailed,
     BackendTimeout,
     BackendUnavailable,
+    BreakerOpen,
     InferenceError,
     InvalidInput,
     ModelNotFound,
     Overloaded,
+    VersionUnavailable,
     http_status,
 )
 from inference.features import OnlineStore
@@ -52,6 +56,7 @@ from inference.tensors import NUMPY, Signature, Tensor, check_against
 log = logging.getLogger(__name__)
 
 Scalar = float | int | str | None
+T = TypeVar("T")
 
 
 
@@ -139,8 +144,9 @@ class InferenceService:
     Args:
         rollout: the routing table.
         backend: Triton.
-        fallback: the in-process backend used when Triton is unreachable or misses the deadline (a
-            frozen or stuck Triton), or None (503/504 instead).
+        fallback: the in-process backend used when Triton is unreachable, misses the deadline (a
+            frozen or stuck Triton), is skipped by the open breaker, or lacks the routed version;
+            or None (503/504 instead).
         mirror: the shadow and comparison queue.
         predictions: where prediction events go.
         stats: canary evidence.
@@ -152,7 +158,7 @@ class InferenceService:
         model_features: feature names in input order per model (see the settings).
         model_datasets: dataset of each model's online features.
         contracts: input contracts of trainer-built models (``numeric``/``categorical`` inputs), or None.
-        breaker_s: after Triton was found unreachable, skip it for this long (fallback or fast 503).
+        breaker: the circuit breaker in front of ``backend``; default: 5 failures, 2 s cooldown.
         tracer: OpenTelemetry tracer.
         clock: monotonic seconds (tests).
 
@@ -162,7 +168,7 @@ class InferenceService:
                  predictions: PredictionSink, stats: CanaryStats, labels: LabelJoin, store: OnlineStore,
                  timeout_s: float, max_inflight: int, compare_canary: bool = True,
                  model_features: dict[str, list[str]] | None = None, model_datasets: dict[str, str] | None = None,
-                 contracts: ContractSource | None = None, breaker_s: float = 1.0,
+                 contracts: ContractSource | None = None, breaker: CircuitBreaker | None = None,
                  tracer: trace.Tracer | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rollout = rollout
@@ -179,12 +185,14 @@ class InferenceService:
         self.model_features = model_features or {}
         self.model_datasets = model_datasets or {}
         self.contracts = contracts
-        self.breaker_s = breaker_s
+        self.breaker = breaker or CircuitBreaker(backend.name, probe_timeout_s=2 * timeout_s + 1, clock=clock)
         self._tracer = tracer or trace.get_tracer("inference")
         self._clock = clock
         self._signatures: dict[tuple[str, int], Signature] = {}
         self._inflight = 0
-        self._triton_down_until = 0.0
+        self._missing: dict[tuple[str, int], float] = {}
+        """Versions Triton said it lacks, served from the fallback until the given clock time."""
+        self._fallback_counters: dict[tuple[str, str], Any] = {}
         self._ids = RequestIds()
         # Labelled metric children by label values: looking them up per request costs a lock each.
         self._inflight_gauge = metrics.INFLIGHT
@@ -238,7 +246,9 @@ class InferenceService:
             return result
         except InferenceError as exc:
             status = str(http_status(exc))
-            if version is not None and isinstance(exc, BackendFailed | BackendTimeout | BackendUnavailable):
+            # A request the open breaker turned away says nothing about its version (no call was made).
+            if (version is not None and not isinstance(exc, BreakerOpen)
+                    and isinstance(exc, BackendFailed | BackendTimeout | BackendUnavailable | VersionUnavailable)):
                 self.stats.record(request.model, version, latency_ms=(time.perf_counter() - started) * 1000,
                                   ok=False)
             raise
@@ -272,23 +282,39 @@ class InferenceService:
         return choice
 
     async def signature(self, model: str, version: int) -> Signature:
-        """The version's signature (cached: a version's contents never change)."""
+        """The version's signature (cached: a version's contents never change).
+
+        Raises:
+            VersionUnavailable: Triton lacks the version and no fallback has it.
+            BreakerOpen, BackendUnavailable, BackendTimeout: Triton gave no answer and there is no fallback.
+
+        """
         key = (model, version)
         found = self._signatures.get(key)
         if found is not None:
             return found
-        if self._triton_down() and self.fallback is not None:
-            found = await self.fallback.signature(model, version)
+        if self._missing and self._lacks(model, version):
+            found = await self._fallback_signature(model, version)
         else:
             try:
-                found = await self.backend.signature(model, version)
+                found = await self._on_triton(lambda: self.backend.signature(model, version))
             except (BackendUnavailable, BackendTimeout):
                 if self.fallback is None:
                     raise
-                self._mark_down()
-                found = await self.fallback.signature(model, version)
+                found = await self._fallback_signature(model, version)
+            except ModelNotFound as exc:
+                self._not_loaded(model, version, exc)
+                found = await self._fallback_signature(model, version)
         self._signatures[key] = found
         return found
+
+    async def _fallback_signature(self, model: str, version: int) -> Signature:
+        assert self.fallback is not None
+        try:
+            return await self.fallback.signature(model, version)
+        except ModelNotFound as exc:
+            raise VersionUnavailable(f"{model} v{version} is routed but neither Triton nor the fallback has it "
+                                     f"({exc}); retry once the registry's repository holds it") from None
 
     async def _serve(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None,
                      request_id: str) -> tuple[list[Tensor], str]:
@@ -299,26 +325,120 @@ class InferenceService:
             unknown = [o for o in outputs if o not in known]
             if unknown:
                 raise InvalidInput(f"model {model!r} has no output(s) {unknown}; its outputs are {sorted(known)}")
-        if not self._triton_down():
+        breaker = self.breaker
+        if breaker.closed and not self._missing:
+            # The hot path: the breaker is read once; everything else is for failures.
             try:
-                return await self._timed(self.backend, model, version, inputs, outputs, request_id), self.backend.name
-            except BackendUnavailable:
-                self._mark_down()
-                if self.fallback is None:
-                    raise
-            except BackendTimeout:
-                # A frozen or stuck Triton keeps its connections and answers nothing: with a
-                # fallback, this request is answered from it and Triton is skipped for the
-                # breaker's time (as when unreachable); without one the caller gets the 504.
-                if self.fallback is None:
-                    raise
-                self._mark_down()
-        elif self.fallback is None:
-            raise BackendUnavailable("Triton was unreachable moments ago and this gateway has no fallback "
-                                     "(INFERENCE_FALLBACK=none); retry shortly")
+                answer = await self._timed(self.backend, model, version, inputs, outputs, request_id)
+            except (BackendUnavailable, BackendTimeout) as exc:
+                breaker.failed(str(exc))
+                return await self._fall_back(model, version, inputs, outputs, request_id, exc)
+            except ModelNotFound as exc:
+                breaker.succeeded()  # Triton answered
+                self._not_loaded(model, version, exc)
+                return await self._from_fallback(model, version, inputs, outputs, request_id, "not_loaded")
+            except InferenceError:
+                breaker.succeeded()  # Triton answered: a refusal or a model's failure is no sign of a dead server
+                raise
+            if breaker.failures:
+                breaker.succeeded()
+            return answer, self.backend.name
+        if self._missing and self._lacks(model, version):
+            return await self._from_fallback(model, version, inputs, outputs, request_id, "not_loaded")
+        try:
+            answer = await self._on_triton(lambda: self._timed(self.backend, model, version, inputs, outputs,
+                                                               request_id))
+        except (BackendUnavailable, BackendTimeout) as exc:
+            return await self._fall_back(model, version, inputs, outputs, request_id, exc)
+        except ModelNotFound as exc:
+            self._not_loaded(model, version, exc)
+            return await self._from_fallback(model, version, inputs, outputs, request_id, "not_loaded")
+        return answer, self.backend.name
+
+    async def _on_triton(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call`` on Triton under the breaker: while it is not closed, only as its one probe.
+
+        Raises:
+            BreakerOpen: the breaker is open (or another probe is out): Triton was not called.
+            and whatever ``call`` raises.
+
+        """
+        breaker = self.breaker
+        probe = not breaker.closed
+        if probe and not breaker.admit_probe():
+            raise BreakerOpen(f"{breaker.describe()}; retry shortly")
+        try:
+            result = await call()
+        except (BackendUnavailable, BackendTimeout) as exc:
+            if probe:
+                breaker.probe_failed("request", str(exc))
+            else:
+                breaker.failed(str(exc))
+            raise
+        except InferenceError:
+            if probe:  # Triton answered: alive, whatever it said about this request
+                breaker.probe_succeeded("request")
+            else:
+                breaker.succeeded()
+            raise
+        except BaseException:
+            if probe:
+                breaker.probe_abandoned()
+            raise
+        if probe:
+            breaker.probe_succeeded("request")
+        else:
+            breaker.succeeded()
+        return result
+
+    async def _fall_back(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None,
+                         request_id: str, exc: BackendUnavailable | BackendTimeout) -> tuple[list[Tensor], str]:
+        """Triton gave no answer (or was skipped): the fallback answers, or ``exc`` goes to the caller."""
+        if self.fallback is None:
+            raise exc
+        reason = ("breaker_open" if isinstance(exc, BreakerOpen)
+                  else "timeout" if isinstance(exc, BackendTimeout) else "unreachable")
+        return await self._from_fallback(model, version, inputs, outputs, request_id, reason)
+
+    def _not_loaded(self, model: str, version: int, exc: ModelNotFound) -> None:
+        """Triton answered that it lacks a version the routing table names: the server's state, not the caller's.
+
+        With a fallback, the version is served from it for the breaker's cooldown before Triton is
+        asked again (a version being loaded); without one the caller gets 503.
+        """
+        if self.fallback is None:
+            raise VersionUnavailable(
+                f"{model} v{version} is routed here but Triton has not loaded it or it is not ready ({exc}); no "
+                "fallback is configured (INFERENCE_FALLBACK=none): retry shortly, or load the version in Triton")
+        if (model, version) not in self._missing:
+            log.warning("Triton lacks a routed version; serving it from the fallback",
+                        extra={"model": model, "version": version, "error": str(exc)})
+        self._missing[(model, version)] = self._clock() + self.breaker.cooldown_s
+
+    def _lacks(self, model: str, version: int) -> bool:
+        """Whether Triton said moments ago that it lacks this version (only recorded with a fallback)."""
+        until = self._missing.get((model, version))
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self._missing[(model, version)]
+        return False
+
+    async def _from_fallback(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None,
+                             request_id: str, reason: str) -> tuple[list[Tensor], str]:
         assert self.fallback is not None
-        metrics.FALLBACKS.labels(model).inc()
-        return await self._timed(self.fallback, model, version, inputs, outputs, request_id), self.fallback.name
+        try:
+            answer = await self._timed(self.fallback, model, version, inputs, outputs, request_id)
+        except ModelNotFound as exc:
+            raise VersionUnavailable(f"{model} v{version} is routed but neither Triton nor the fallback has it "
+                                     f"({exc}); retry once the registry's repository holds it") from None
+        key = (model, reason)
+        counter = self._fallback_counters.get(key)
+        if counter is None:
+            counter = self._fallback_counters[key] = metrics.FALLBACKS.labels(*key)
+        counter.inc()
+        return answer, self.fallback.name
 
     async def _timed(self, backend: Backend, model: str, version: int, inputs: list[Tensor],
                      outputs: list[str] | None, request_id: str) -> list[Tensor]:
@@ -336,19 +456,19 @@ class InferenceService:
                 histogram = self._backend_histograms[key] = metrics.BACKEND_SECONDS.labels(*key)
             histogram.observe(time.perf_counter() - started)
 
-    def _triton_down(self) -> bool:
-        return self._clock() < self._triton_down_until
-
-    def _mark_down(self) -> None:
-        self._triton_down_until = self._clock() + self.breaker_s
-
     async def mirror_rows(self, model: str, version: int) -> int:
         """Most rows one mirror call may carry: the version's maximum batch size (0: no batching)."""
         return (await self.signature(model, version)).max_batch_size
 
     async def run_mirror(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None
                          ) -> list[Tensor]:
-        """A mirror call: Triton only, with the same deadline (the fallback is for callers)."""
+        """A mirror call: Triton only, with the same deadline (the fallback is for callers).
+
+        Skipped (:class:`BreakerOpen`) while the breaker is not closed: no mirror waits on a Triton
+        that gives no answer, and mirrors never probe.
+        """
+        if not self.breaker.closed:
+            raise BreakerOpen(f"{self.breaker.describe()}; mirror skipped")
         return await self.backend.infer(model, version, inputs, outputs, timeout_s=self.timeout_s)
 
     def on_mirrored(self, job: MirrorJob, outputs: list[Tensor], latency_ms: float, diff: float | None) -> None:
@@ -402,6 +522,10 @@ class InferenceService:
         version = request.version if request.version is not None else (route.champion or route.canary)
         if version is None:
             raise ModelNotFound(f"model {request.model!r} has no champion version yet")
+        if version not in route.versions:
+            raise ModelNotFound(f"version {version} of {request.model!r} is not in its rollout (champion "
+                                f"{route.champion}, canary {route.canary}, shadow {route.shadow}); pin one of those "
+                                "or leave the version out")
         signature = await self.signature(request.model, version)
         contract = await self._contract(request.model, version, signature)
         names, per_feature = (contract.names, False) if contract else self._feature_layout(request.model, signature)
@@ -471,15 +595,37 @@ class InferenceService:
     # -- health -----------------------------------------------------------------------------------
 
     async def ready(self) -> tuple[bool, str]:
-        """Whether this replica can serve, and why not."""
+        """Whether this replica can serve, and why not (the breaker's state when it is not closed).
+
+        While the breaker is open, Triton is not asked (the answer is immediate); once its cooldown
+        is over this check is the half-open probe when no request took it, so a replica that no
+        traffic reaches (taken out of service for being unready) still finds Triton again.
+        """
         if not self.rollout.loaded:
             return False, "rollout state not loaded from Redis yet"
-        if await self.backend.ready():
+        breaker = self.breaker
+        if breaker.closed:
+            up = await self.backend.ready()
+            down = "Triton is unreachable"
+        elif breaker.admit_probe():
+            try:
+                up = await self.backend.ready()
+            except BaseException:
+                breaker.probe_abandoned()
+                raise
+            if up:
+                breaker.probe_succeeded("health")
+            else:
+                breaker.probe_failed("health", "Triton's readiness check got no answer, or not ready")
+            down = breaker.describe()
+        else:
+            up, down = False, breaker.describe()
+        if up:
             ok, reason = True, "ready"
         elif self.fallback is not None:
-            ok, reason = True, "Triton unreachable; serving from the onnxruntime fallback"
+            ok, reason = True, f"{down}; serving from the onnxruntime fallback"
         else:
-            return False, "Triton is unreachable and no fallback is configured"
+            return False, f"{down} and no fallback is configured"
         if self.rollout.redis_error is not None:
             age = time.monotonic() - (self.rollout.refreshed_at or time.monotonic())
             redis = (f"Redis unreachable ({self.rollout.redis_error}); serving the last known routes, "
@@ -488,12 +634,13 @@ class InferenceService:
         return ok, reason
 
     async def model_ready(self, model: str, version: int | None = None) -> bool:
-        """Whether the model's champion (or ``version``) can answer now."""
+        """Whether the model's champion (or ``version``) can answer now (Triton unasked while the breaker is open)."""
         route = self.rollout.route(model)
         chosen = version if version is not None else route.champion
         if chosen is None or chosen not in route.versions:
             return False
-        if await self.backend.model_ready(model, chosen):
+        if (self.breaker.closed and not (self._missing and self._lacks(model, chosen))
+                and await self.backend.model_ready(model, chosen)):
             return True
         return self.fallback is not None and await self.fallback.model_ready(model, chosen)
 

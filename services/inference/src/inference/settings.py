@@ -52,8 +52,18 @@ class Settings(BaseSettings):
     backend_timeout_s: float = Field(default=2.0, gt=0)
     """Deadline of every call to Triton; a late answer becomes 504."""
 
+    breaker_failures: int = Field(default=5, ge=1)
+    """Consecutive Triton calls without an answer (unreachable, or past ``backend_timeout_s``) that open the
+    circuit breaker: Triton is then skipped (the fallback answers, or 503 at once) instead of every request
+    waiting out the deadline. Answers that refuse the request (4xx, an unknown version) are not failures."""
+
+    breaker_cooldown_s: float = Field(default=2.0, gt=0)
+    """Time the open breaker skips Triton; then one probe (a request, or the readiness check) is let through:
+    an answer closes the breaker, no answer opens it for another cooldown."""
+
     fallback: Literal["none", "onnxruntime"] = "none"
-    """What to do when Triton is unreachable: answer 503, or run the model in-process with onnxruntime."""
+    """What to do when Triton gives no answer, is skipped by the open breaker, or lacks the routed version:
+    answer 503/504, or run the model in-process with onnxruntime."""
 
     model_repository: Path | None = None
     """The registry's Triton model repository (``<repo>/<model>/<version>/model.onnx``); the fallback

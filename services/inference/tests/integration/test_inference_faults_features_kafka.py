@@ -86,14 +86,30 @@ def test_triton_killed_mid_run_without_fallback_gives_clean_503s(
         private_triton: TritonServer, registry_repo: Path, settings_for: Callable[..., Settings],
         gateway_factory: Callable[[Settings], Gateway]) -> None:
     add_model(private_triton, registry_repo, MODEL)
-    g = gateway_factory(settings_for(private_triton, fallback="none", backend_timeout_s=1.0))
+    g = gateway_factory(settings_for(private_triton, fallback="none", backend_timeout_s=1.0,
+                                     breaker_failures=3, breaker_cooldown_s=0.3))
     set_rollout(g, "champion", 1)
+
+    def probes(outcome: str) -> float:
+        return sum(REGISTRY.get_sample_value("inference_breaker_probes_total",
+                                             {"backend": "triton", "kind": kind, "outcome": outcome}) or 0
+                   for kind in ("request", "health"))
+
+    opened = {"backend": "triton", "from_state": "closed", "to_state": "open"}
+    opened_before = REGISTRY.get_sample_value("inference_breaker_transitions_total", opened) or 0
+    failed_before = probes("failed")
     statuses, _, slowest, errors = _hammer(g, private_triton.kill)
     assert set(statuses) <= {200, 503} and statuses[503] > 100, statuses
-    assert all("Triton" in e and ("unreachable" in e) for e in errors), set(errors)
+    assert all("Triton" in e and ("unreachable" in e or "circuit breaker" in e) for e in errors), set(errors)
+    assert sum("circuit breaker open" in e for e in errors) > 50   # turned away at once, Triton not called
     assert slowest < 2.0  # never hangs: every answer within the backend deadline
+    assert (REGISTRY.get_sample_value("inference_breaker_transitions_total", opened) or 0) > opened_before
     ready = httpx.get(f"{g.url}/v2/health/ready")
     assert ready.status_code == 503 and "Triton" in ready.json()["reason"]
+    assert ready.json()["breaker"] in ("open", "half_open"), ready.json()
+    # After each cooldown one probe (a request or the readiness check) finds Triton still gone.
+    g.wait_for(lambda: httpx.get(f"{g.url}/v2/health/ready").status_code == 503 and probes("failed") > failed_before,
+               timeout_s=10, message="a failed half-open probe")
     r = httpx.post(f"{g.url}/v2/models/{MODEL}/infer", json=v2_body(ROW))
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
 

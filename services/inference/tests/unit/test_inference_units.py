@@ -20,7 +20,7 @@ from inference.shadow import MirrorJob, ShadowMirror
 from inference.tensors import Signature, Spec, Tensor, check_against, from_raw, from_values, to_raw
 
 
-@pytest.mark.parametrize("module", ["inference.routing", "inference.canary", "inference.shadow",
+@pytest.mark.parametrize("module", ["inference.routing", "inference.canary", "inference.shadow", "inference.breaker",
                                     "inference.service", "inference.contracts", "inference.infer_asgi",
                                     "inference.ids", "inference.tensors"])
 def test_doctests(module: str) -> None:
@@ -219,9 +219,12 @@ async def test_core_routes_publishes_and_falls_back() -> None:
     assert sink.events[0].route == "champion" and sink.events[0].prediction == 1.0
     triton, onnx = _Backend("triton", down=True), _Backend("onnxruntime")
     service, _ = _service(triton, onnx)
-    assert (await service.infer(InferRequest(model="m", inputs=X))).backend == "onnxruntime"
+    for _ in range(5):
+        assert (await service.infer(InferRequest(model="m", inputs=X))).backend == "onnxruntime"
+    calls = triton.calls
+    assert not service.breaker.closed
     await service.infer(InferRequest(model="m", inputs=X))
-    assert triton.calls == 0  # the breaker skips an unreachable Triton for a while
+    assert triton.calls == calls  # the open breaker skips an unreachable Triton for a while
     service, _ = _service(_Backend("triton", down=True))
     with pytest.raises(BackendUnavailable):
         await service.infer(InferRequest(model="m", inputs=X))
