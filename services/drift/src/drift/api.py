@@ -31,6 +31,16 @@ class ReadinessPublic(BaseModel):
 
     status: Literal["ready", "starting", "crashed"]
     reason: str | None = None
+    role: Literal["active", "standby"] | None = Field(
+        default=None, description="This worker's role in the consumer group: `active` consumes every input and holds "
+                                  "the state; `standby` holds nothing and takes over when the active worker leaves "
+                                  "the group (unset: no assignment yet).")
+
+
+def role_of(app: Any) -> Literal["active", "standby"] | None:
+    """The role the group's last assignment gave this worker (None before the first)."""
+    role = getattr(getattr(app, "assignor", None), "role", None)
+    return role if role in ("active", "standby") else None
 
 
 _WHY: dict[int, str] = {404: "no such dataset or report (the `code` says which)",
@@ -54,6 +64,9 @@ class DriftStatusPublic(BaseModel):
     """Every monitored dataset: window progress, reference, policy state, last report."""
 
     datasets: list[dict[str, Any]]
+    role: Literal["active", "standby"] | None = Field(
+        default=None, description="This worker's role: a `standby` holds no state, so it lists no datasets; ask the "
+                                  "active worker.")
 
 
 class DriftReportsPublic(BaseModel):
@@ -64,9 +77,11 @@ class DriftReportsPublic(BaseModel):
 
 
 @router.get("/v1/drift/status")
-async def drift_status(service: ServiceDep) -> DriftStatusPublic:
-    """Status of every dataset the drift service has seen."""
-    return DriftStatusPublic.model_validate(service.status())
+async def drift_status(service: ServiceDep, request: Request) -> DriftStatusPublic:
+    """Status of every dataset the drift service has seen (on the active worker; a standby lists none)."""
+    faust_app = getattr(request.app.state, "faust", None)
+    return DriftStatusPublic.model_validate({**service.status(),
+                                             "role": role_of(faust_app) if faust_app is not None else None})
 
 
 @router.get("/v1/drift/reports", responses=refusals(404))
@@ -95,6 +110,9 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the stream app is running, its table is recovered and nothing of it has crashed.
 
+    A standby worker (an empty assignment: another worker is active) is ready too, and says so
+    in ``role``: it is healthy and in the group, waiting to take over.
+
     A crashed agent or consumer (an undecodable batch, a lost coordinator) stops consumption
     while the process lives on; readiness says so instead of answering 200 over a dead stream.
     """
@@ -108,15 +126,23 @@ async def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "crashed", "reason": f"stopped consuming: {', '.join(crashed)} crashed"},
                             status_code=503)
     ready = not app.rebalancing and app.tables.recovery.completed.is_set()
-    return JSONResponse({"status": "ready" if ready else "starting"}, status_code=200 if ready else 503)
+    body = ReadinessPublic(status="ready" if ready else "starting", role=role_of(app))
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ready else 503)
 
 
 @router.get("/metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
 async def metrics(request: Request) -> Response:
-    """Prometheus exposition; the first scrape after the table's recovery restores the state gauges."""
+    """Prometheus exposition; the first scrape after the table's recovery restores the state gauges.
+
+    Again after each assignment that makes this worker active (a standby taking over holds the
+    state only from then on); the assignment's epoch tells them apart.
+    """
     app = request.app.state.faust
-    if not getattr(request.app.state, "gauges_restored", False) and app.tables.recovery.completed.is_set():
+    assignor = getattr(app, "assignor", None)
+    epoch = getattr(assignor, "epoch", 0) if getattr(assignor, "role", "active") == "active" else None
+    if (epoch is not None and getattr(request.app.state, "gauges_restored", None) != epoch
+            and not getattr(app, "rebalancing", False) and app.tables.recovery.completed.is_set()):
         request.app.state.service.restore_gauges()
-        request.app.state.gauges_restored = True
+        request.app.state.gauges_restored = epoch
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -35,3 +35,7 @@ PENDING = Gauge("drift_pending_predictions", "Champion predictions waiting for t
 PENDING_EVICTED = Counter("drift_pending_predictions_evicted_total", "Pending predictions dropped before a label came, "
                           "by dataset and reason (ttl: DRIFT_PENDING_TTL_S of event time behind the newest; "
                           "limit: more than DRIFT_PENDING_MAX).", ["dataset", "reason"])
+ACTIVE = Gauge("drift_active", "1 when this worker is the group's active member (it holds every input partition and "
+               "the state), 0 when it is a standby waiting to take over.")
+ASSIGNMENT_EPOCH = Gauge("drift_assignment_epoch", "Epoch of the last partition assignment this worker received "
+                         "(grows by one per rebalance of the group).")

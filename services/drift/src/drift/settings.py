@@ -27,13 +27,15 @@ class Settings(BaseSettings):
 
     session_timeout_s: float = Field(default=60.0, ge=6, le=300)
     """Kafka consumer-group session timeout: how long the group waits for a member that stopped
-    answering (a killed worker) before its partitions move; a restarted worker waits it out
-    unless it has a ``group_instance_id``."""
+    answering (a killed worker) before its partitions move (to a standby worker, when one runs);
+    a restarted worker waits it out unless it has a ``group_instance_id``."""
 
     group_instance_id: str | None = Field(default=None, min_length=1, max_length=249)
     """Static group membership (``group.instance.id``): a worker restarted under the same id takes its
-    partitions back at once instead of after the dead member's session. Unique per worker (one worker
-    today, see the README on scaling out). Unset: dynamic membership."""
+    partitions back at once instead of after the dead member's session. Unique per worker: the active
+    worker and each standby have their own (see the README on scaling out). Static members never leave
+    the group on a graceful stop either, so a standby takes over only after the session. Unset: dynamic
+    membership."""
 
     registry_url: str = "http://127.0.0.1:8082"
     """Model registry base URL (reference statistics of the champion)."""

@@ -6,8 +6,9 @@ against the project's broker, so no compatibility shim is needed.
 
 State: one table (``<app_id>-state-changelog``, one partition, keys placed by the
 partitioner) holds everything the service keeps. One partition because the monitors' keys
-are per dataset while the inputs are partitioned by entity; a single worker owns all of it
-(see the README on scaling out).
+are per dataset while the inputs are partitioned by entity; a single worker owns all of it:
+the group's assignor (:class:`~drift.assignor.ActiveStandbyAssignor`) gives every partition
+to one active member, and further workers wait as standbys (see the README on scaling out).
 
 Delivery: an exception in a Faust agent acks the message, so every iteration is wrapped:
 a record that can never be processed goes to ``<topic>.dlq`` with the reason; publishing
@@ -48,6 +49,7 @@ from schemas.training import RetrainCommandV1
 from tributary_kit.telemetry import context_from, current_traceparent
 
 from drift import metrics
+from drift.assignor import ActiveStandbyAssignor
 from drift.kafka import PoisonMessage, dead_letter_bytes, decode_value, encode_payload, provenance
 from drift.positions import Admission, Positions
 from drift.reference import RegistryClient
@@ -75,6 +77,13 @@ class StateTable(faust.Table[Any, Any]):
         fut: FutureMessage = super().send_changelog(partition, key, value, key_serializer, value_serializer)
         self.last_write = fut
         return fut
+
+    def drop_local(self) -> None:
+        """Forget the local copy of the state (a standby's); the changelog keeps it."""
+        store: Any = self.data
+        store.data.clear()                           # faust's in-memory store (``store="memory://"``)
+        store._key_partition.clear()
+        self.last_write = None
 
     async def durable(self) -> None:
         """Wait until every write made so far is in the changelog."""
@@ -260,6 +269,7 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
         broker_session_timeout=settings.session_timeout_s,
         consumer_group_instance_id=settings.group_instance_id,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        PartitionAssignor=ActiveStandbyAssignor,   # one active member, the others hot standbys
     )
     state = StateTable(app, name="state", default=None, beacon=app.tables.beacon, partitions=1, use_partitioner=True,
                        schema=faust.Schema(key_serializer="json", value_serializer="json"))
@@ -352,6 +362,10 @@ def build_stream(settings: Settings, *, registry: RegistryClient,
     async def on_recovered() -> None:
         service.forget_monitors()
         positions.forget()
+        if isinstance(app.assignor, ActiveStandbyAssignor) and not app.assignor.is_active_member:
+            # A standby holds no state: should it become active again it recovers the whole
+            # changelog (faust's in-memory store keeps the keys it wrote itself otherwise).
+            state.drop_local()
 
     state.on_recover(on_recovered)
     return app, service
