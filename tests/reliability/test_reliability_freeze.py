@@ -13,17 +13,32 @@ the only retries are the idempotent producer's own). Pass criteria:
   so a duplicate could only come from a producer retry the idempotent producer failed to dedupe);
   per-key order of the records in the topic is the client's order.
 
-G3, Triton (server and its backend stubs) frozen for 10 s under a steady request stream to the
-gateway (backend deadline 1 s, no fallback). Pass criteria:
-- every answer is 200, or 503/504 with ``Retry-After`` saying Triton did not answer; every request,
-  before, during and after the freeze, is answered within the deadline + 1 s: nothing hangs;
-  readiness answers within the same bound;
-- at least one request during the freeze got the clean error (the fault took effect);
-- after ``SIGCONT`` the first 200 comes within 5 s, and every request started 5 s after it is 200.
+G3, Triton (server and its backend stubs) frozen for 10 s under an open-loop stream of ~100 one-row
+requests a second to the gateway (backend deadline 300 ms, concurrency limit 32, circuit breaker
+at its defaults: open after 5 consecutive calls without an answer, one probe every 2 s; no
+fallback). Pass criteria (plan G3):
+- every answer is 200, or 503/504 with ``Retry-After`` saying Triton did not answer, or (at most 2%)
+  429 with ``Retry-After`` where the concurrency limit is met: at the freeze's onset ~30 calls wait
+  out the deadline against a limit of 32; every request, before, during and after the freeze, is
+  answered within 350 ms (the deadline + 50 ms) on the gateway's account, i.e. less the time its
+  event loop and the caller's waited for a CPU (on two shared cores that wait alone reaches seconds;
+  at least 99% within 350 ms, all within the deadline + 1 s): nothing waits on the frozen Triton
+  beyond its deadline, and once the breaker is open nothing waits at all; readiness answers within
+  the deadline + 1 s and names the open breaker;
+- the breaker opened during the freeze and sent half-open probes, which failed while Triton was
+  frozen (the gateway's ``/metrics`` counters and its log say so);
+- after ``SIGCONT`` the first 200 comes within 5 s (a probe succeeded and closed the breaker), and
+  at least 99% of the requests started 5 s after ``SIGCONT`` or later are 200;
+- no unbounded queue: gateway RSS growth < 50 MB; its connections to Triton stay within the
+  concurrency limit (plus the one gRPC connection for metadata and health).
+The same freeze with ``INFERENCE_FALLBACK=onnxruntime``: every answer is 200 within the same
+bound (at most 2% shed with 429), served by onnxruntime while the breaker is open.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import threading
@@ -36,6 +51,7 @@ from typing import NoReturn
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.localstack import Broker, ServiceProcess, free_port
 from schemas import topics
@@ -59,12 +75,24 @@ pytestmark = pytest.mark.integration
 DELIVERY_TIMEOUT_S = 5.0
 ENQUEUE_TIMEOUT_S = 1.0
 BROKER_FREEZE_S = 30.0
-BACKEND_TIMEOUT_S = 1.0
+BACKEND_TIMEOUT_S = 0.3
+"""The gateway's deadline of each Triton call in the Triton freeze tests (plan G3)."""
+ANSWER_WITHIN_S = 0.35
+"""Every request to the gateway is answered within this (plan G3), on the gateway's account: the caller's time
+less the time the gateway's event loop and the caller's waited for a CPU meanwhile (run-queue time). Measured on
+the two shared cores of the test bed, the caller's raw times reach 0.4-3 s under other work (p99 0.4-1.7 s at
+load average 5-9), all of it CPU starvation; less the CPU waits they stayed within 0.25-0.39 s (p99 50-230 ms).
+Asserted: at least 99% within this, and every one within the deadline + :data:`SLACK_S`."""
 TRITON_FREEZE_S = 10.0
-CALLERS = 8
-"""Callers sending back to back to the gateway during the Triton freeze."""
+RATE_PER_S = 100.0
+"""Requests a second offered to the gateway during the Triton freeze (open loop); ``G3_RATE`` overrides it (the
+plan's advice for a latency failure on two cores: run again at half the rate, and record both)."""
 MAX_INFLIGHT = 32
 """The gateway's concurrency limit in the Triton freeze tests (plan G3): also the bound on its connections to Triton."""
+RECOVERED_WITHIN_S = 5.0
+"""After SIGCONT: the first 200 within this, and >= 99% of the requests started this long after it are 200."""
+OBSERVED_AFTER_S = 5.0
+"""How long the requests are watched once they are due to be back at >= 99%."""
 TIMEOUT_SCAN_S = 1.0
 """librdkafka scans for timed-out messages once a second: a delivery timeout fires up to this late."""
 SLACK_S = 1.0
@@ -182,36 +210,67 @@ class Answer:
 
 
 @dataclass
-class InferLoad:
-    """``threads`` callers sending one-row requests back to back; every answer recorded."""
+class PacedLoad:
+    """``rate`` one-row requests a second on a fixed schedule, every answer recorded.
+
+    Open loop, as the plan's offered load: a slow answer does not delay the next request (each
+    request is its own task on one asyncio client). When the client itself falls more than 50 ms
+    behind its schedule (a stalled test process), it skips the missed slots rather than sending
+    them in a burst, and counts them in ``skipped``.
+    """
 
     url: str
-    threads: int = 3
+    rate: float = RATE_PER_S
     answers: list[Answer] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    skipped: int = 0
+    native_id: int = 0
+    """The OS thread id of the client's event loop (for its run-queue time)."""
     _stop: threading.Event = field(default_factory=threading.Event)
-    _workers: list[threading.Thread] = field(default_factory=list)
+    _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _run(self) -> None:
-        # The client timeout is far above the gateway's deadline: a hang shows as a long answer.
-        with httpx.Client(timeout=60) as client:
-            while not self._stop.is_set():
-                t0 = time.monotonic()
-                try:
-                    r = client.post(f"{self.url}/v2/models/{MODEL}/infer", json=v2_body([[1.0, 2.0, 3.0, 4.0]]))
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-                    continue
-                with self._lock:
-                    self.answers.append(Answer(t0, time.monotonic() - t0, r.status_code,
-                                               r.headers.get("retry-after"), r.text[:300],
-                                               r.headers.get("x-tributary-backend")))
+    async def _one(self, client: httpx.AsyncClient, body: bytes) -> None:
+        t0 = time.monotonic()
+        try:
+            r = await client.post(f"{self.url}/v2/models/{MODEL}/infer", content=body,
+                                  headers={"content-type": "application/json"})
+        except httpx.HTTPError as exc:
+            self.failures.append(f"{type(exc).__name__}: {exc}")
+            return
+        answer = Answer(t0, time.monotonic() - t0, r.status_code, r.headers.get("retry-after"), r.text[:300],
+                        r.headers.get("x-tributary-backend"))
+        with self._lock:
+            self.answers.append(answer)
 
-    def start(self) -> InferLoad:
-        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
-        for w in self._workers:
-            w.start()
+    async def _main(self) -> None:
+        self.native_id = threading.get_native_id()
+        body = json.dumps(v2_body([[1.0, 2.0, 3.0, 4.0]])).encode()
+        tasks: set[asyncio.Task[None]] = set()
+        # The client timeout is far above the gateway's deadline: a hang shows as a long answer.
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            start, n = time.monotonic(), 0
+            while not self._stop.is_set():
+                slot = start + n / self.rate
+                behind = time.monotonic() - slot
+                if behind > 0.05:
+                    missed = int(behind * self.rate)
+                    self.skipped += missed
+                    n += missed
+                    continue
+                if behind < 0:
+                    await asyncio.sleep(-behind)
+                task = asyncio.create_task(self._one(client, body))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                n += 1
+            if tasks:
+                await asyncio.wait(tasks)
+
+    def start(self) -> PacedLoad:
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="paced-load", daemon=True)
+        self._thread.start()
         return self
 
     def since(self, t: float) -> list[Answer]:
@@ -225,8 +284,8 @@ class InferLoad:
 
     def stop(self) -> None:
         self._stop.set()
-        for w in self._workers:
-            w.join(120)
+        if self._thread is not None:
+            self._thread.join(120)
 
 
 @dataclass
@@ -261,11 +320,55 @@ class Usage:
         return [s for s in self.samples if t0 <= s[0] < t1]
 
 
+@dataclass
+class CpuWait:
+    """Samples, every 20 ms, how long some threads have waited for a CPU (run-queue time, from schedstat).
+
+    On the two shared cores of the test bed an answer can be late only because the gateway's event
+    loop, or the caller's, was runnable but not running; these samples tell that time apart from
+    time the gateway itself made a request wait.
+    """
+
+    paths: list[Path]
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    """(monotonic time, seconds the threads waited for a CPU so far, summed)."""
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _read(self) -> float:
+        return sum(int(p.read_text().split()[1]) for p in self.paths) / 1e9
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self.samples.append((time.monotonic(), self._read()))
+            except (FileNotFoundError, ProcessLookupError):
+                return
+
+    def start(self) -> CpuWait:
+        self._thread = threading.Thread(target=self._run, name="cpu-wait-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def waited(self, t0: float, t1: float) -> float:
+        """Run-queue time of the threads from the last sample at or before ``t0`` to the first at or after ``t1``."""
+        before = [w for t, w in self.samples if t <= t0]
+        after = [w for t, w in self.samples if t >= t1]
+        if not before or not after:
+            return 0.0
+        return after[0] - before[-1]
+
+
 HUNG_S = 20.0
 """How long after SIGCONT the local Triton may take to answer before it is probed directly."""
 
 
-def _triton_again(server: TritonServer, load: InferLoad, resumed: float, matches: Callable[[Answer], bool],
+def _triton_again(server: TritonServer, load: PacedLoad, resumed: float, matches: Callable[[Answer], bool],
                   what: Callable[[], str]) -> Answer | None:
     """The first answer that ``matches`` after SIGCONT; None when the test bed's Triton itself is hung.
 
@@ -310,9 +413,13 @@ def _summary(answers: list[Answer]) -> str:
     return f"{len(answers)} answers, " + ", ".join(f"{s} x{n}: {bodies[s]!r}" for s, n in sorted(counts.items()))
 
 
+
 def _gateway(triton: TritonServer, kafka_bootstrap: str, redis_url: str, repo: Path, logs: Path,
              fallback: str = "none", transport: str = "grpc") -> ServiceProcess:
-    """A gateway on ``triton``; ``transport="http"`` sends its inference calls over Triton's HTTP endpoint."""
+    """A gateway on ``triton``; ``transport="http"`` sends its inference calls over Triton's HTTP endpoint.
+
+    The circuit breaker keeps its defaults (5 failures, 2 s cooldown): the test judges the shipped behaviour.
+    """
     rollout_topic = f"test.rollout.{uuid.uuid4().hex[:8]}"
     make_topics(kafka_bootstrap, rollout_topic)
     port = free_port()
@@ -330,8 +437,129 @@ def _gateway(triton: TritonServer, kafka_bootstrap: str, redis_url: str, repo: P
                           log_path=logs / "inference.log")
 
 
+@dataclass
+class BreakerView:
+    """The breaker as the gateway's ``/metrics`` shows it."""
+
+    opened: int
+    """Transitions closed -> open and half-open -> open."""
+    closed: int
+    """Transitions half-open -> closed."""
+    probes: dict[tuple[str, str], int]
+    """Half-open probes by (kind, outcome)."""
+
+    def probes_with(self, outcome: str) -> int:
+        return sum(n for (_, o), n in self.probes.items() if o == outcome)
+
+
+def _breaker(url: str) -> BreakerView:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    moves: dict[tuple[str, str], int] = {}
+    probes: dict[tuple[str, str], int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "inference_breaker_transitions_total" and labels.get("backend") == "triton":
+                moves[labels["from_state"], labels["to_state"]] = int(sample.value)
+            elif sample.name == "inference_breaker_probes_total" and labels.get("backend") == "triton":
+                probes[labels["kind"], labels["outcome"]] = int(sample.value)
+    opened = moves.get(("closed", "open"), 0) + moves.get(("half_open", "open"), 0)
+    return BreakerView(opened, moves.get(("half_open", "closed"), 0), probes)
+
+
+def _latencies(answers: list[Answer], cpu: CpuWait | None = None) -> str:
+    """Percentiles and the slowest answers (status, ms), for messages; with ``cpu``, also without the CPU waits."""
+    if not answers:
+        return "no answers"
+
+    def summary(seconds: list[float]) -> str:
+        seconds = sorted(seconds)
+        p50, p99 = (seconds[min(len(seconds) - 1, int(p * len(seconds)))] for p in (0.5, 0.99))
+        return f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {seconds[-1] * 1000:.0f} ms"
+
+    text = summary([a.seconds for a in answers])
+    if cpu is not None:
+        text += f" (without the CPU waits: {summary([_own(a, cpu) for a in answers])})"
+    return text
+
+
+def _own(answer: Answer, cpu: CpuWait) -> float:
+    """An answer's time less the time the gateway's event loop and the caller's waited for a CPU meanwhile."""
+    return max(0.0, answer.seconds - cpu.waited(answer.started, answer.started + answer.seconds))
+
+
+def _check_answer_times(answers: list[Answer], cpu: CpuWait) -> None:
+    """Every answer within 350 ms on the gateway's account (see :data:`ANSWER_WITHIN_S`)."""
+    own = sorted(_own(a, cpu) for a in answers)
+    within = sum(o <= ANSWER_WITHIN_S for o in own) / len(own)
+    assert within >= 0.99 and own[-1] <= BACKEND_TIMEOUT_S + SLACK_S, \
+        f"{within:.2%} within {ANSWER_WITHIN_S * 1000:.0f} ms; {_latencies(answers, cpu)}"
+
+
+@dataclass
+class FreezeRun:
+    """What :func:`_freeze_under_load` saw."""
+
+    load: PacedLoad
+    triton: Frozen
+    cpu: CpuWait
+    ready: httpx.Response
+    """Readiness halfway through the freeze."""
+    ready_s: float
+    first: Answer | None
+    """The first answer after SIGCONT that matched (None: the test bed's Triton stayed hung)."""
+    at_resume: BreakerView
+    at_end: BreakerView
+
+    @property
+    def resumed(self) -> float:
+        assert self.triton.resumed_at is not None
+        return self.triton.resumed_at
+
+
+def _freeze_under_load(private_triton: TritonServer, gateway: ServiceProcess, url: str, freezer: list[Frozen],
+                       back: Callable[[Answer], bool]) -> FreezeRun:
+    """Load, freeze Triton for TRITON_FREEZE_S, resume, wait for an answer that is ``back``, watch the recovery."""
+    assert private_triton.process is not None and gateway.process is not None
+    load = PacedLoad(url, rate=float(os.environ.get("G3_RATE", RATE_PER_S))).start()
+    cpu: CpuWait | None = None
+    try:
+        wait_for(lambda: load.native_id, "the load's event loop", 10)
+        pid = gateway.process.pid
+        # The gateway's event loop runs in its main thread.
+        cpu = CpuWait([Path(f"/proc/{pid}/task/{pid}/schedstat"),
+                       Path(f"/proc/{os.getpid()}/task/{load.native_id}/schedstat")]).start()
+        wait_for(lambda: sum(1 for a in load.answers if back(a)) >= 50,
+                 lambda: f"50 answers from Triton before the freeze (so far: {load})", 120)
+        triton = Frozen(private_triton.process.pid, group=True)   # the server and its Python-backend stubs
+        freezer.append(triton.stop())
+        wait_for(lambda: time.monotonic() - triton.stopped_at >= TRITON_FREEZE_S / 2, "half the freeze", 30)
+        asked = time.monotonic()
+        ready = httpx.get(f"{url}/readyz", timeout=60)
+        ready_s = time.monotonic() - asked
+        wait_for(lambda: time.monotonic() - triton.stopped_at >= TRITON_FREEZE_S, "the whole freeze", 30)
+        at_resume = _breaker(url)
+        triton.resume()
+        resumed = triton.resumed_at
+        assert resumed is not None
+        first = _triton_again(
+            private_triton, load, resumed, back,
+            lambda: f"an answer from Triton after it resumed (since then: {_summary(load.since(resumed))})\n"
+            f"client failures: {load.failures[-3:]}\nTriton's log:\n{private_triton.tail()}\n"
+            f"gateway's log:\n{gateway.tail()}")
+        if first is not None:
+            watch_until = resumed + RECOVERED_WITHIN_S + OBSERVED_AFTER_S
+            wait_for(lambda: time.monotonic() >= watch_until, "the recovery window", 60)
+        at_end = _breaker(url)
+    finally:
+        load.stop()
+        if cpu is not None:
+            cpu.stop()
+    return FreezeRun(load, triton, cpu, ready, ready_s, first, at_resume, at_end)
+
+
 @pytest.mark.parametrize("transport", ["grpc", "http"])
-def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
+def test_frozen_triton_gives_fast_clean_errors_behind_the_breaker_and_recovers(
         private_triton: TritonServer, kafka_bootstrap: str, redis_url: str, freezer: list[Frozen],
         tmp_path: Path, transport: str) -> None:
     repo = tmp_path / "repo"
@@ -342,87 +570,83 @@ def test_frozen_triton_gives_clean_errors_within_the_deadline_and_recovers(
     url = f"http://127.0.0.1:{port_of(gateway)}"
     assert gateway.process is not None and private_triton.process is not None
     pid = gateway.process.pid
-    load: InferLoad | None = None
     triton_ports = tuple(int(u.rsplit(":", 1)[1]) for u in (private_triton.grpc_url, private_triton.http_url))
     usage = Usage(pid, triton_ports).start()
     try:
         r = httpx.put(f"{url}/v1/rollout/{MODEL}", json={"alias": "champion", "version": 1, "reason": "test"},
                       timeout=30)
         assert r.status_code == 200, r.text
-        load = InferLoad(url, threads=CALLERS).start()
-        wait_for(lambda: sum(1 for a in load.answers if a.status == 200) >= 50,
-                 lambda: f"50 answers before the freeze (so far: {load})", 120)
-
-        triton = Frozen(private_triton.process.pid, group=True)   # the server and its Python-backend stubs
-        freezer.append(triton.stop())
-        wait_for(lambda: time.monotonic() - triton.stopped_at >= TRITON_FREEZE_S / 2, "half the freeze", 30)
-        asked = time.monotonic()
-        ready = httpx.get(f"{url}/readyz", timeout=60)
-        ready_s = time.monotonic() - asked
-        wait_for(lambda: time.monotonic() - triton.stopped_at >= TRITON_FREEZE_S, "the whole freeze", 30)
-        triton.resume()
-        resumed = triton.resumed_at
-        assert resumed is not None
-        first = _triton_again(
-            private_triton, load, resumed, lambda a: a.status == 200,
-            lambda: f"a 200 after Triton resumed (since then: {_summary(load.since(resumed))})\n"
-            f"client failures: {load.failures[-3:]}\nTriton's log:\n{private_triton.tail()}\n"
-            f"gateway's log:\n{gateway.tail()}")
-        if first is not None:
-            wait_for(lambda: len(load.since(first.started + 5)) >= 100, "100 requests 5 s after the first 200", 90)
+        run = _freeze_under_load(private_triton, gateway, url, freezer, lambda a: a.status == 200)
         alive = gateway.process.poll() is None
     finally:
         usage.stop()
-        if load is not None:
-            load.stop()
         for f in freezer:
             f.resume()
         gateway.stop()
 
-    answers = load.answers
+    triton, resumed, first, cpu = run.triton, run.resumed, run.first, run.cpu
+    answers = run.load.answers
     during = [a for a in answers if triton.stopped_at <= a.started < resumed]
+    turned_away = [a for a in during if a.status == 503 and "circuit breaker" in a.body]
+    waited = [a for a in during if a.status == 504]
     before_freeze = usage.between(0, triton.stopped_at)
     after = usage.between(triton.stopped_at, float("inf"))
     rss_growth = max(s[1] for s in after) - before_freeze[-1][1]
     most_connections = max(s[2] for s in usage.samples)
-    print(f"answers={len(answers)} during freeze={len(during)} statuses during="
-          f"{sorted({a.status for a in during})} slowest={max(a.seconds for a in answers):.2f}s "
-          f"readiness {ready.status_code} in {ready_s:.2f}s; first 200 "
+    log = gateway.log_path.read_text(errors="replace")
+    recovered = [a for a in answers if a.started >= resumed + RECOVERED_WITHIN_S]
+    ok_share = sum(a.status == 200 for a in recovered) / len(recovered) if recovered else 0.0
+    late = [a for a in answers if a.seconds > ANSWER_WITHIN_S]
+    print(f"transport={transport} answers={len(answers)} (client skipped {run.load.skipped} slots) during the "
+          f"freeze={len(during)}: {len(turned_away)} turned away by the breaker, {len(waited)} waited out the "
+          f"deadline (504), {sum(a.status == 429 for a in during)} shed (429); latency {_latencies(answers, cpu)}; "
+          f"during the freeze {_latencies(during, cpu)}; "
+          f"{len(late)} answers over {ANSWER_WITHIN_S * 1000:.0f} ms, "
+          f"{sum(_own(a, cpu) > ANSWER_WITHIN_S for a in late)} of them without the CPU waits; readiness "
+          f"{run.ready.status_code} in {run.ready_s * 1000:.0f} ms; breaker at SIGCONT {run.at_resume}, at the end "
+          f"{run.at_end}; first 200 "
           f"{'never (Triton hung)' if first is None else f'{first.started + first.seconds - resumed:.2f}s'} "
-          f"after resume; "
+          f"after resume; 200s from resume+{RECOVERED_WITHIN_S:.0f}s: {ok_share:.2%} of {len(recovered)}; "
           f"RSS {before_freeze[-1][1]:.0f} MiB before the freeze, growth {rss_growth:.1f} MiB; connections to "
           f"Triton before the freeze {sorted({s[2] for s in before_freeze})}, from the freeze on "
           f"{sorted({s[2] for s in after})}")
-    assert load.failures == []
-    assert {a.status for a in answers} <= {200, 503, 504}, {(a.status, a.body) for a in answers}
+    assert run.load.failures == []
+    assert {a.status for a in answers} <= {200, 429, 503, 504}, _summary([a for a in answers if a.status != 200])
     errors = [a for a in answers if a.status != 200]
-    assert all(a.retry_after == "1" and "Triton" in a.body for a in errors), {a.body for a in errors}
-    assert max(a.seconds for a in answers) <= BACKEND_TIMEOUT_S + SLACK_S    # never hangs
-    assert any(a.status in (503, 504) for a in during), "the freeze had no effect"
-    assert ready_s <= BACKEND_TIMEOUT_S + SLACK_S, ready_s
-    assert ready.status_code == 503 and "Triton" in ready.json()["reason"], ready.text
+    assert all(a.retry_after == "1" for a in errors), {a.body for a in errors}
+    assert all("Triton" in a.body for a in errors if a.status != 429), {a.body for a in errors}
+    assert sum(a.status == 429 for a in answers) <= 0.02 * len(answers), _summary(errors)
+    _check_answer_times(answers, cpu)
+    # The breaker took the freeze: it opened, turned most requests away at once, and probed.
+    assert run.at_resume.opened >= 1, run.at_resume
+    assert len(turned_away) >= 0.8 * len(during), _summary(during)
+    assert run.at_resume.probes_with("failed") >= 2, run.at_resume   # a probe every cooldown + deadline, all failed
+    assert "circuit breaker closed -> open" in log and "circuit breaker half_open -> open" in log, gateway.tail()
+    assert run.ready_s <= BACKEND_TIMEOUT_S + SLACK_S, run.ready_s
+    assert run.ready.status_code == 503 and "circuit breaker" in run.ready.json()["reason"], run.ready.text
+    assert run.ready.json()["breaker"] in ("open", "half_open"), run.ready.text
     assert alive and gateway.process.pid == pid                               # never restarted
     # No unbounded queue and no connection left behind by a timed-out call: memory stays flat and
     # the gateway holds one gRPC connection (metadata and health, and every call over gRPC) plus,
-    # over HTTP, at most one connection per call in flight (plan: <= the concurrency limit, a
-    # bound this test's callers cannot even reach).
+    # over HTTP, at most one connection per call in flight, which the concurrency limit bounds.
     assert rss_growth < 50, rss_growth
-    assert most_connections <= min(CALLERS + 1, MAX_INFLIGHT), most_connections
+    assert most_connections <= MAX_INFLIGHT + 1, most_connections
     if first is None:
         _hung(private_triton)
-    assert first.started + first.seconds - resumed <= 5.0
-    late = [a for a in answers if a.started >= first.started + 5]
-    assert late and all(a.status == 200 for a in late), {(a.status, a.body) for a in late if a.status != 200}
+    assert first.started + first.seconds - resumed <= RECOVERED_WITHIN_S
+    assert run.at_end.closed > run.at_resume.closed and run.at_end.probes_with("ok") >= 1, run.at_end
+    assert "circuit breaker half_open -> closed" in log, gateway.tail()
+    assert len(recovered) >= OBSERVED_AFTER_S * RATE_PER_S / 2 and ok_share >= 0.99, _summary(recovered)
 
 
 def test_frozen_triton_with_the_fallback_configured_is_served_from_onnxruntime(
         private_triton: TritonServer, kafka_bootstrap: str, redis_url: str, freezer: list[Frozen],
         tmp_path: Path) -> None:
-    """G3 with ``INFERENCE_FALLBACK=onnxruntime``: a missed deadline switches to the fallback.
+    """G3 with ``INFERENCE_FALLBACK=onnxruntime``: calls without an answer and the open breaker go to the fallback.
 
-    Pass: every answer is 200, each within the deadline + 1 s (a request that waited out the
-    deadline is answered by the fallback); during the freeze answers come from onnxruntime and
-    readiness stays 200 saying so; after ``SIGCONT`` Triton answers again within 5 s.
+    Pass: every answer is 200 within 350 ms (as above; a request that waited out the deadline is
+    answered by the fallback); during the freeze answers come from onnxruntime and readiness stays
+    200 saying so and naming the breaker; after ``SIGCONT`` Triton answers again within 5 s.
     """
     repo = tmp_path / "repo"
     write_registry_model(repo, MODEL, all_versions())
@@ -430,48 +654,34 @@ def test_frozen_triton_with_the_fallback_configured_is_served_from_onnxruntime(
     gateway = _gateway(private_triton, kafka_bootstrap, redis_url, repo, tmp_path, fallback="onnxruntime")
     gateway.start()
     url = f"http://127.0.0.1:{port_of(gateway)}"
-    assert private_triton.process is not None
-    load: InferLoad | None = None
     try:
         r = httpx.put(f"{url}/v1/rollout/{MODEL}", json={"alias": "champion", "version": 1, "reason": "test"},
                       timeout=30)
         assert r.status_code == 200, r.text
-        load = InferLoad(url).start()
-        wait_for(lambda: sum(1 for a in load.answers if a.backend == "triton") >= 50,
-                 lambda: f"50 answers from Triton before the freeze (so far: {load})", 120)
-        triton = Frozen(private_triton.process.pid, group=True)
-        freezer.append(triton.stop())
-        wait_for(lambda: time.monotonic() - triton.stopped_at >= TRITON_FREEZE_S / 2, "half the freeze", 30)
-        ready = httpx.get(f"{url}/readyz", timeout=60)
-        wait_for(lambda: time.monotonic() - triton.stopped_at >= TRITON_FREEZE_S, "the whole freeze", 30)
-        triton.resume()
-        resumed = triton.resumed_at
-        assert resumed is not None
-        back = _triton_again(
-            private_triton, load, resumed, lambda a: a.backend == "triton",
-            lambda: f"an answer from Triton after it resumed (since then: {_summary(load.since(resumed))})\n"
-            f"Triton's log:\n{private_triton.tail()}\ngateway's log:\n{gateway.tail()}")
+        run = _freeze_under_load(private_triton, gateway, url, freezer, lambda a: a.backend == "triton")
     finally:
-        if load is not None:
-            load.stop()
         for f in freezer:
             f.resume()
         gateway.stop()
 
-    answers = load.answers
-    during = [a for a in answers if triton.stopped_at + BACKEND_TIMEOUT_S + SLACK_S <= a.started < resumed]
-    print(f"answers={len(answers)} during freeze={len(during)} backends during="
-          f"{sorted({str(a.backend) for a in during})} slowest={max(a.seconds for a in answers):.2f}s; "
-          f"Triton again {'never (hung)' if back is None else f'{back.started + back.seconds - resumed:.2f}s'} "
-          "after resume")
-    assert load.failures == []
-    assert {a.status for a in answers} == {200}, {(a.status, a.body) for a in answers if a.status != 200}
-    assert max(a.seconds for a in answers) <= BACKEND_TIMEOUT_S + SLACK_S
-    # The fallback took the freeze (a few answers may still come from Triton as it stops).
-    assert during and sum(a.backend == "onnxruntime" for a in during) >= 0.9 * len(during), \
+    triton, resumed, back, cpu = run.triton, run.resumed, run.first, run.cpu
+    answers = run.load.answers
+    during = [a for a in answers if triton.stopped_at + 1.0 <= a.started < resumed]
+    print(f"answers={len(answers)} (client skipped {run.load.skipped} slots) during the freeze={len(during)} "
+          f"backends during={sorted({str(a.backend) for a in during})} latency {_latencies(answers, cpu)}; "
+          f"breaker at SIGCONT {run.at_resume}; Triton again "
+          f"{'never (hung)' if back is None else f'{back.started + back.seconds - resumed:.2f}s'} after resume")
+    assert run.load.failures == []
+    assert {a.status for a in answers} <= {200, 429}, _summary([a for a in answers if a.status != 200])
+    shed = [a for a in answers if a.status == 429]
+    assert all(a.retry_after == "1" for a in shed) and len(shed) <= 0.02 * len(answers), _summary(shed)
+    _check_answer_times(answers, cpu)
+    # The fallback took the freeze (a probe every cooldown still waits out the deadline on Triton first).
+    assert during and sum(a.backend == "onnxruntime" for a in during) >= 0.95 * len(during), \
         {b: sum(a.backend == b for a in during) for b in {a.backend for a in during}}
-    assert ready.status_code == 200 and "fallback" in ready.json()["reason"], ready.text
+    assert run.at_resume.opened >= 1 and run.at_resume.probes_with("failed") >= 2, run.at_resume
+    assert run.ready.status_code == 200 and "fallback" in run.ready.json()["reason"], run.ready.text
+    assert "circuit breaker" in run.ready.json()["reason"], run.ready.text
     if back is None:
         _hung(private_triton)
-    assert back.started + back.seconds - resumed <= 5.0
-
+    assert back.started + back.seconds - resumed <= RECOVERED_WITHIN_S
