@@ -210,8 +210,9 @@ def test_rebalance_churn_loses_reorders_and_duplicates_nothing(kafka_bootstrap: 
             takeover = wait_for(lambda s=survivor: role(slots[s]) == "active" and time.monotonic(),
                                 f"{survivor} active after {victim} was killed", LAG_WITHIN_S)
             drained = wait_for(lambda: lag(kafka_bootstrap, group, partitions) < LAG_LIMIT and time.monotonic(),
-                               lambda c=cycle: f"lag < {LAG_LIMIT} after cycle {c} (committed, end: "
-                                               f"{lag_by_partition(kafka_bootstrap, group, partitions)})",
+                               lambda c=cycle, s=survivor: f"lag < {LAG_LIMIT} after cycle {c} (committed, end: "
+                                                           f"{lag_by_partition(kafka_bootstrap, group, partitions)}); "
+                                                           f"{s}'s log:\n{slots[s].tail(60)}",
                                LAG_WITHIN_S - (time.monotonic() - killed), every_s=0.5)
             time.sleep(max(0.0, DOWN_S - (time.monotonic() - killed)))
 
