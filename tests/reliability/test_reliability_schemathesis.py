@@ -11,7 +11,9 @@ documented schema (so a client generated from the document can read every answer
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase
 from schemathesis.checks import (
     content_type_conformance,
+    ensure_resource_availability,
     ignored_auth,
     negative_data_rejection,
     not_a_server_error,
@@ -33,6 +36,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
     unsupported_method,
+    use_after_free,
 )
 from schemathesis.core.result import Ok
 
@@ -40,6 +44,8 @@ from tests.fixtures.triton import TritonServer
 
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("TRIBUTARY_SCHEMATHESIS_EXAMPLES", "25"))
+SCENARIOS = int(os.environ.get("TRIBUTARY_SCHEMATHESIS_SCENARIOS", "40"))
+"""Stateful scenarios (chains of calls along the document's links, each on a fresh registry): 40 in the suite."""
 """Generated requests per operation (each service has 5-20 operations): 25 in the suite, the plan's
 500 with ``TRIBUTARY_SCHEMATHESIS_EXAMPLES=500`` (tests/reliability/README.md)."""
 
@@ -172,3 +178,93 @@ def test_inference_openapi_gives_no_server_error(kafka_bootstrap: str, redis_url
     make: Callable[[Settings], FastAPI] = create_app
     with running(make(settings)) as app:
         assert server_errors(app, conformance=True) == []
+
+
+STATEFUL = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+            use_after_free, ensure_resource_availability]
+"""Along chains of calls: no server error, every answer documented, a deleted resource is gone for
+every later call, a created one is there for every later call."""
+
+
+def test_registry_stateful_links_give_no_server_error(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Plan B1's stateful links: chains of registry calls that feed each answer into the next request.
+
+    Schemathesis reads the links between operations from the document (a version's ``name`` and
+    ``version`` in one answer are the path parameters of the version, artifact and alias
+    operations) and generates sequences of calls along them: list models -> read a version ->
+    move an alias to it -> read the alias -> roll back or delete it -> read it again. Every
+    scenario starts from a fresh registry seeded with two real versions (uploads need a valid
+    ONNX, which a generator does not make), so the chains reach real resources and a scenario
+    replays the same way (Hypothesis requires it); the test also requires that chains reached them.
+    """
+    from registry.app import create_app
+    from registry.domain import Role
+    from registry.settings import Settings
+
+    from services.registry.tests.conftest import linear_onnx, linear_spec
+
+    def start(data_dir: Path) -> tuple[FastAPI, TestClient, dict[str, str]]:
+        settings = Settings(data_dir=data_dir, kafka_bootstrap=kafka_bootstrap,
+                            model_registered_topic=f"test.registered.{uuid.uuid4().hex[:8]}",
+                            rollout_changed_topic=f"test.rollout.{uuid.uuid4().hex[:8]}", max_artifact_bytes=1 << 20)
+        app = create_app(settings)
+        client = TestClient(app)
+        client.__enter__()
+        token = app.state.service.issue_token("fuzz", [Role.TRAINER, Role.OPERATOR])
+        return app, client, {"Authorization": f"Bearer {token}"}
+
+    seed = tmp_path / "seed"
+    app, client, auth = start(seed)
+    for _ in range(2):
+        seeded = client.post("/v1/models/fraud/versions", headers=auth,
+                             files={"artifact": ("model.onnx", linear_onnx(), "application/octet-stream")},
+                             data={"metadata": json.dumps(linear_spec().model_dump(mode="json"))})
+        assert seeded.status_code == 201, seeded.text
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    client.__exit__(None, None, None)
+
+    def fresh(n: int) -> tuple[FastAPI, TestClient, dict[str, str]]:
+        """A registry on a copy of the seeded one (database, artifacts, Triton repository)."""
+        copy = tmp_path / f"scenario-{n}"
+        shutil.copytree(seed, copy)
+        return start(copy)
+
+    calls: list[tuple[str, str, int]] = []
+    found: list[str] = []
+    scenarios = iter(range(1, 10_000))
+
+    class Registry(schema.as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            self.app, self.client, self.auth = fresh(next(scenarios))
+
+        def teardown(self) -> None:
+            self.client.__exit__(None, None, None)
+
+        def call(self, case: Any, **kwargs: Any) -> Any:
+            return case.call(app=self.app, headers=self.auth, **kwargs)
+
+        def after_call(self, response: Any, case: Any) -> None:
+            super().after_call(response, case)
+            calls.append((case.method, case.formatted_path, response.status_code))
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any) -> None:
+            try:
+                case.validate_response(response, checks=STATEFUL, headers=self.auth, recorder=self.recorder)
+            except BaseException as exc:    # schemathesis raises a group of failures
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                what = " ".join(str(exc).split())[:400]
+                found.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {what}")
+
+    Registry.run(settings=hypothesis.settings(max_examples=SCENARIOS, stateful_step_count=8, deadline=None,
+                                              derandomize=True, database=None, phases=[Phase.generate],
+                                              suppress_health_check=list(HealthCheck)))
+    reached = [(method, path, code) for method, path, code in calls
+               if path.startswith("/v1/models/fraud/versions/") and code == 200]
+    changed = sum(1 for method, _, code in calls if method != "GET" and 200 <= code < 300)
+    print(f"registry stateful: {len(calls)} calls, {len(reached)} reached a seeded version, {changed} changes "
+          f"accepted, {len(found)} failures")
+    for failure in found:
+        print(f"  {failure}")
+    assert reached, f"no chain reached a seeded version: {calls[:50]}"
+    assert found == []
