@@ -72,7 +72,10 @@ class OnnxFallback:
     async def infer(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None, *,
                     timeout_s: float, request_id: str = "") -> list[Tensor]:
         """Run the version on ``inputs`` in a worker thread, within ``timeout_s``."""
-        session = await asyncio.to_thread(self._session, model, version)
+        # A loaded session is taken without a thread hop (a dict read); only loading one goes to a thread.
+        session: Any = self._sessions.get((model, version))
+        if session is None:
+            session = await asyncio.to_thread(self._session, model, version)
         names = outputs or [o.name for o in session.get_outputs()]
         types = {o.name: _ONNX_TYPES.get(o.type, "FP32") for o in session.get_outputs()}
         unknown = [n for n in names if n not in types]
