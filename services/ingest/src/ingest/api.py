@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +65,12 @@ def status_of(exc: BaseException) -> int:
 async def on_ingest_error(request: Request, exc: Exception) -> JSONResponse:
     """Answer a domain error: what went wrong, what to do, and for partial batches what was kept."""
     assert isinstance(exc, IngestError)
+    code, body, headers = refusal(exc, request.app.state.settings)
+    return JSONResponse(body, status_code=code, headers=headers)
+
+
+def refusal(exc: IngestError, settings: Settings) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The status, body and headers that answer ``exc`` (the one mapping for every route)."""
     code = status_of(exc)
     body: dict[str, Any] = {"error": getattr(exc, "code", None) or _snake(type(exc).__name__), "message": str(exc)}
     headers: dict[str, str] = {}
@@ -76,12 +83,11 @@ async def on_ingest_error(request: Request, exc: Exception) -> JSONResponse:
             "problems": [p.model_dump() for p in exc.problems],
         }
     if isinstance(exc, Overloaded | BrokerUnavailable):
-        settings: Settings = request.app.state.settings
         headers["Retry-After"] = str(settings.retry_after_s)
         body["accepted_event_ids"] = exc.accepted
         if isinstance(exc, BrokerUnavailable):
             body["failed_event_ids"] = exc.failed
-    return JSONResponse(body, status_code=code, headers=headers)
+    return code, body, headers
 
 
 def _snake(name: str) -> str:
@@ -165,14 +171,28 @@ def _body_doc(kind: Kind, batch: bool) -> dict[str, Any]:
 
 async def _events(request: Request, kind: Kind, *, batch: bool, service: IngestService,
                   settings: Settings) -> IngestResult:
+    return await publish_body(request.stream(), kind, batch=batch, service=service, settings=settings,
+                              declared=request.headers.get("content-length"),
+                              content_type=request.headers.get("content-type"))
+
+
+async def publish_body(stream: AsyncIterator[bytes], kind: Kind, *, batch: bool, service: IngestService,
+                       settings: Settings, declared: str | None, content_type: str | None) -> IngestResult:
+    """Read one request body within its limit, validate its events and publish them.
+
+    The whole of an event route after HTTP: the FastAPI routes and the batch routes'
+    plain ASGI front (:mod:`ingest.batch_asgi`) both call it, so both answer the same way.
+
+    Raises:
+        IngestError: what the caller is told (see :data:`STATUS`).
+    """
     endpoint = f"{kind}{'-batch' if batch else ''}"
     started = time.perf_counter()
     code = 500
     limit = settings.max_body_bytes if batch else settings.max_event_bytes
     try:
         try:
-            body = await read_limited(request.stream(), limit=limit, declared=request.headers.get("content-length"))
-            content_type = request.headers.get("content-type")
+            body = await read_limited(stream, limit=limit, declared=declared)
             rows = (decode_batch(body, content_type, kind, max_events=settings.max_batch_events,
                                  compiled=service.batch_validator())
                     if batch else [decode_single(body, content_type, kind)])

@@ -22,7 +22,7 @@ from tributary_kit.lag import reporting_lag
 from tributary_kit.logs import configure_logging
 from tributary_kit.telemetry import build_tracer_provider
 
-from ingest import __version__, api, metrics
+from ingest import __version__, api, batch_asgi, metrics
 from ingest.consumer import RawValidator
 from ingest.errors import IngestError
 from ingest.kafka import build_producer, build_raw_consumer
@@ -90,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     # span costs about 16 µs of CPU for nothing the request span does not already say.
     FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics",
                                        exclude_spans=["receive", "send"])
+    batch_asgi.install(app, provider.get_tracer("ingest"))  # the batch routes skip FastAPI's stack
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -268,3 +268,34 @@ def test_operations_endpoints(client: TestClient, dataset: str) -> None:
     doc = client.get("/openapi.json").json()
     assert "FeatureEventV1" in doc["components"]["schemas"]
     assert "application/x-ndjson" in doc["paths"]["/v1/events/batch"]["post"]["requestBody"]["content"]
+
+
+def test_batch_routes_continue_the_callers_trace(client: TestClient, dataset: str, kafka_bootstrap: str) -> None:
+    """The batch routes are answered in front of FastAPI (``ingest.batch_asgi``): traces still join."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    sent = [make_event(dataset) for _ in range(3)]
+    response = client.post("/v1/events/batch", json=sent,
+                           headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    ids = {e["event_id"] for e in sent}
+    got = consume(kafka_bootstrap, FEATURES, count=3, match=lambda m: value(m)["event_id"] in ids)
+    parents = {value(m)["traceparent"] for m in got}
+    assert len(parents) == 1
+    [parent] = parents
+    assert parent.split("-")[1] == trace_id and parent.split("-")[2] != "00f067aa0ba902b7"
+
+
+def test_batch_routes_answer_refusals_as_the_other_routes_do(client: TestClient, dataset: str) -> None:
+    """The same error body from the plain ASGI batch route and from the FastAPI single-event route."""
+    unknown = make_event(dataset) | {"dataset": "no-such-dataset-anywhere"}
+    single = client.post("/v1/events", json=unknown)
+    batch = client.post("/v1/events/batch", json=[unknown])
+    assert single.status_code == batch.status_code == 422
+    assert batch.json()["error"] == single.json()["error"] == "rejected"
+    assert batch.json()["problems"] == single.json()["problems"]
+    assert "no-such-dataset-anywhere" in batch.json()["problems"][0]["message"]
+    wrong_type = client.post("/v1/labels/batch", content=b"[]", headers={"content-type": "text/plain"})
+    assert wrong_type.status_code == 415 and wrong_type.json()["error"] == "unsupported_media_type"
+    empty = client.post("/v1/labels/batch", content=b"[]", headers={"content-type": "application/json"})
+    assert empty.status_code == 400 and empty.json()["error"] == "empty_batch"
