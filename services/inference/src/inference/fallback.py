@@ -65,7 +65,9 @@ class OnnxFallback:
 
     async def signature(self, model: str, version: int) -> Signature:
         """Inputs and outputs of the version's ONNX graph (symbolic dimensions as -1)."""
-        session = await asyncio.to_thread(self._session, model, version)
+        session: Any = self._sessions.get((model, version))
+        if session is None:
+            session = await asyncio.to_thread(self._session, model, version)
         return Signature(inputs=[_spec(i) for i in session.get_inputs()],
                          outputs=[_spec(o) for o in session.get_outputs()], platform="onnxruntime")
 

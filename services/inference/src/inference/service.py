@@ -294,17 +294,18 @@ class InferenceService:
         if found is not None:
             return found
         if self._missing and self._lacks(model, version):
-            found = await self._fallback_signature(model, version)
-        else:
-            try:
-                found = await self._on_triton(lambda: self.backend.signature(model, version))
-            except (BackendUnavailable, BackendTimeout):
-                if self.fallback is None:
-                    raise
-                found = await self._fallback_signature(model, version)
-            except ModelNotFound as exc:
-                self._not_loaded(model, version, exc)
-                found = await self._fallback_signature(model, version)
+            return await self._fallback_signature(model, version)
+        try:
+            found = await self._on_triton(lambda: self.backend.signature(model, version))
+        except (BackendUnavailable, BackendTimeout):
+            if self.fallback is None:
+                raise
+            return await self._fallback_signature(model, version)
+        except ModelNotFound as exc:
+            self._not_loaded(model, version, exc)
+            return await self._fallback_signature(model, version)
+        # Only Triton's is kept: the fallback's lacks the batching configuration, and Triton is asked
+        # again once it answers.
         self._signatures[key] = found
         return found
 
