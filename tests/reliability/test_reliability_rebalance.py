@@ -51,10 +51,11 @@ from deploy.localstack import ServiceProcess
 from schemas import topics
 from tests.reliability.processes import Record, drift_process, kill9, port_of, read_topic, wait_for
 
-pytestmark = pytest.mark.integration
-
 FULL = os.environ.get("TRIBUTARY_K6_FULL") == "1"
 CYCLES, UP_S, DOWN_S = (5, 30.0, 30.0) if FULL else (3, 12.0, 20.0)
+
+# about 3 min in CI; the plan's cycles take 5 x (start + 60 s) plus the drain
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900 if FULL else 300)]
 RATE = 100.0
 WINDOW = 100
 KEYS = 30
