@@ -109,6 +109,25 @@ def drift_process(bootstrap: str, logs: Path, app_id: str, *, port: int | None =
                           log_path=logs / f"drift-{port}.log")
 
 
+def gateway_process(triton_grpc_url: str, bootstrap: str, redis_url: str, repo: Path, logs: Path, *,
+                    rollout_topic: str, **extra: str) -> ServiceProcess:
+    """An inference gateway process on Triton at ``triton_grpc_url`` with the registry repository ``repo``.
+
+    Only routing and inference: canary analysis, the feature, label and request consumers are off;
+    its own Redis prefix; ``extra`` adds or overrides ``INFERENCE_*`` settings.
+    """
+    port = int(extra.pop("INFERENCE_PORT", "0")) or free_port()
+    env = {"INFERENCE_TRITON_GRPC_URL": triton_grpc_url, "INFERENCE_REDIS_URL": redis_url,
+           "INFERENCE_KAFKA_BOOTSTRAP": bootstrap, "INFERENCE_PORT": str(port),
+           "INFERENCE_GRPC_PORT": str(free_port()), "INFERENCE_REDIS_PREFIX": f"gw-{uuid.uuid4().hex[:8]}:",
+           "INFERENCE_ROLLOUT_TOPIC": rollout_topic, "INFERENCE_CANARY_ANALYSIS": "false",
+           "INFERENCE_CONSUME_FEATURES": "false", "INFERENCE_JOIN_LABELS": "false",
+           "INFERENCE_CONSUME_REQUESTS": "false", "INFERENCE_LOG_JSON": "false",
+           "INFERENCE_MODEL_REPOSITORY": str(repo), **extra}
+    return ServiceProcess("inference", "inference", env, ready_url=f"http://127.0.0.1:{port}/readyz",
+                          log_path=logs / f"inference-{port}.log")
+
+
 def port_of(process: ServiceProcess) -> int:
     """The HTTP port a service process listens on (from its readiness URL)."""
     return int(process.ready_url.rsplit(":", 1)[1].split("/", 1)[0])

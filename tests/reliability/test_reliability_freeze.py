@@ -54,7 +54,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.localstack import Broker, ServiceProcess, free_port
+from deploy.localstack import Broker, ServiceProcess
 from schemas import topics
 from services.inference.tests.integration.conftest import MODEL, make_topics, v2_body
 from services.inference.tests.onnx_models import all_versions, write_registry_model
@@ -63,6 +63,7 @@ from tests.reliability.processes import (
     FeatureClient,
     check_ledger,
     connections_to,
+    gateway_process,
     ingest_process,
     port_of,
     read_topic,
@@ -423,19 +424,12 @@ def _gateway(triton: TritonServer, kafka_bootstrap: str, redis_url: str, repo: P
     """
     rollout_topic = f"test.rollout.{uuid.uuid4().hex[:8]}"
     make_topics(kafka_bootstrap, rollout_topic)
-    port = free_port()
-    env = {"INFERENCE_TRITON_GRPC_URL": triton.grpc_url, "INFERENCE_REDIS_URL": redis_url,
-           "INFERENCE_KAFKA_BOOTSTRAP": kafka_bootstrap, "INFERENCE_PORT": str(port),
-           "INFERENCE_GRPC_PORT": str(free_port()), "INFERENCE_REDIS_PREFIX": f"freeze-{uuid.uuid4().hex[:8]}:",
-           "INFERENCE_ROLLOUT_TOPIC": rollout_topic, "INFERENCE_CANARY_ANALYSIS": "false",
-           "INFERENCE_CONSUME_FEATURES": "false", "INFERENCE_JOIN_LABELS": "false",
-           "INFERENCE_CONSUME_REQUESTS": "false", "INFERENCE_LOG_JSON": "false", "INFERENCE_FALLBACK": fallback,
-           "INFERENCE_MODEL_REPOSITORY": str(repo), "INFERENCE_BACKEND_TIMEOUT_S": str(BACKEND_TIMEOUT_S),
-           "INFERENCE_MAX_INFLIGHT": str(MAX_INFLIGHT)}
+    extra = {"INFERENCE_FALLBACK": fallback, "INFERENCE_BACKEND_TIMEOUT_S": str(BACKEND_TIMEOUT_S),
+             "INFERENCE_MAX_INFLIGHT": str(MAX_INFLIGHT)}
     if transport == "http":
-        env["INFERENCE_TRITON_HTTP_URL"] = triton.http_url
-    return ServiceProcess("inference", "inference", env, ready_url=f"http://127.0.0.1:{port}/readyz",
-                          log_path=logs / "inference.log")
+        extra["INFERENCE_TRITON_HTTP_URL"] = triton.http_url
+    return gateway_process(triton.grpc_url, kafka_bootstrap, redis_url, repo, logs, rollout_topic=rollout_topic,
+                           **extra)
 
 
 @dataclass

@@ -93,6 +93,14 @@ class Settings(BaseSettings):
     triton_max_queue_delay_us: int = Field(default=100, ge=0)
     """Dynamic batching's ``max_queue_delay_microseconds``."""
 
+    triton_max_queue_size: int = Field(default=0, ge=0)
+    """Requests that may wait in a batchable model's queue in Triton (0: unbounded, Triton's
+    default); beyond it Triton refuses at once and the gateway answers 429, so overload is shed
+    instead of queued (docker-compose sets 256)."""
+
+    triton_queue_timeout_us: int = Field(default=0, ge=0)
+    """Longest wait in that queue before Triton refuses the request (0: no limit)."""
+
     kafka_bootstrap: str = "localhost:9092"
     """Comma-separated Kafka bootstrap servers."""
 

@@ -45,12 +45,33 @@ def render_config(
     versions: Sequence[int],
     max_batch_size: int,
     max_queue_delay_us: int,
+    max_queue_size: int = 0,
+    queue_timeout_us: int = 0,
 ) -> str:
     """The ``config.pbtxt`` of ``model`` serving ``versions`` with ``signature``.
 
     When every tensor has a dynamic first dimension, that dimension is Triton's batch
     dimension: it is left out of ``dims`` and dynamic batching is on. Otherwise the model
     takes whole tensors (``max_batch_size: 0``) and dynamic batching is off.
+
+    ``max_queue_size`` (0: unbounded, Triton's default) bounds the requests waiting in the
+    batcher's queue; beyond it Triton refuses at once ("exceeds maximum queue size", which the
+    gateway answers 429), so overload is shed instead of queued. ``queue_timeout_us`` (0: none)
+    refuses a request that waited longer than that in the queue.
+
+    >>> print(render_config("m", Signature(inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 3])],
+    ...                                    outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 1])]),
+    ...                     versions=[1], max_batch_size=8, max_queue_delay_us=100, max_queue_size=64,
+    ...                     queue_timeout_us=500000).split("dynamic_batching")[1])
+     {
+      max_queue_delay_microseconds: 100
+      default_queue_policy {
+        max_queue_size: 64
+        default_timeout_microseconds: 500000
+        timeout_action: REJECT
+      }
+    }
+    <BLANKLINE>
 
     >>> sig = Signature(inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 3])],
     ...                 outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 1])])
@@ -87,7 +108,13 @@ def render_config(
     ]
     lines += _tensors("input", signature.inputs, batch) + _tensors("output", signature.outputs, batch)
     if batch:
-        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}"]
+        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {max_queue_delay_us}"]
+        if max_queue_size > 0 or queue_timeout_us > 0:
+            lines += ["  default_queue_policy {"]
+            lines += [f"    max_queue_size: {max_queue_size}"] if max_queue_size > 0 else []
+            lines += [f"    default_timeout_microseconds: {queue_timeout_us}"] if queue_timeout_us > 0 else []
+            lines += ["    timeout_action: REJECT", "  }"]
+        lines += ["}"]
     return "\n".join(lines) + "\n"
 
 
@@ -116,14 +143,19 @@ class TritonRepository:
         root: the repository directory Triton is started with.
         max_batch_size: ``max_batch_size`` of batchable models.
         max_queue_delay_us: dynamic batching's queue delay.
+        max_queue_size: requests that may wait in a batchable model's queue (0: unbounded).
+        queue_timeout_us: longest wait in that queue before Triton refuses the request (0: none).
 
     """
 
-    def __init__(self, root: Path, *, max_batch_size: int = 64, max_queue_delay_us: int = 100) -> None:
+    def __init__(self, root: Path, *, max_batch_size: int = 64, max_queue_delay_us: int = 100,
+                 max_queue_size: int = 0, queue_timeout_us: int = 0) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_batch_size = max_batch_size
         self.max_queue_delay_us = max_queue_delay_us
+        self.max_queue_size = max_queue_size
+        self.queue_timeout_us = queue_timeout_us
 
     def model_dir(self, model: str) -> Path:
         """The directory of ``model``, checked to be a direct child of the repository.
@@ -167,7 +199,8 @@ class TritonRepository:
     def write_config(self, model: str, signature: Signature, *, versions: Sequence[int]) -> Path:
         """Write ``config.pbtxt`` of ``model`` serving ``versions`` (atomically); return its path."""
         text = render_config(model, signature, versions=versions, max_batch_size=self.max_batch_size,
-                             max_queue_delay_us=self.max_queue_delay_us)
+                             max_queue_delay_us=self.max_queue_delay_us, max_queue_size=self.max_queue_size,
+                             queue_timeout_us=self.queue_timeout_us)
         target = self.model_dir(model) / "config.pbtxt"
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".config-", suffix=".pbtxt", dir=target.parent)
