@@ -25,7 +25,10 @@ from registry.storage import read_chunks
 
 router = APIRouter(prefix="/v1")
 
-VersionNumber = Annotated[int, Path(ge=1, description="Version number, from 1.")]
+MAX_VERSION = 2**31 - 1
+"""The highest version number: versions are stored as 32-bit integers (SQLite and PostgreSQL alike),
+so a larger number in a request is refused as invalid (422) before it reaches the database."""
+VersionNumber = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Version number, from 1 (at most 2^31 - 1).")]
 ModelName = Annotated[str, Path(
     description="Model name: 1-128 characters from a-z, 0-9, '_' and '-', starting with a letter or digit "
                 "(any other name is answered 400, naming the rule).",
@@ -118,7 +121,7 @@ class AliasUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     weight: float | None = Field(default=None, description="Canary traffic share in (0, 1]; only for canary.")
     reason: str = Field(min_length=1, max_length=4096, description="Why; recorded in the audit log.")
 
@@ -128,7 +131,8 @@ class AliasRollback(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    to_version: int | None = Field(default=None, ge=1, description="Default: the alias's previous version.")
+    to_version: int | None = Field(default=None, ge=1, le=MAX_VERSION,
+                                   description="Default: the alias's previous version.")
     reason: str = Field(min_length=1, max_length=4096)
 
 

@@ -231,6 +231,16 @@ def test_bad_names_get_a_400_that_says_why(client: TestClient, tokens: dict[str,
     assert client.get("/v1/models/fraud/aliases/boss").json()["code"] == "invalid_name"
     assert client.get("/v1/models/fraud/versions/0").status_code == 422
     assert client.get("/v1/models/fraud/versions/abc").status_code == 422
+    # Beyond the database's 32-bit version numbers: refused, not a server error (found by the stateful fuzzing).
+    for too_big in (2**31, 2**63, 933329498704550662889639994458112):
+        assert client.get(f"/v1/models/fraud/versions/{too_big}").status_code == 422
+        assert client.get(f"/v1/models/fraud/versions/{too_big}/artifact").status_code == 422
+    op = _auth(tokens["operator"])
+    moved = client.put("/v1/models/fraud/aliases/champion", headers=op, json={"version": 2**40, "reason": "x"})
+    assert moved.status_code == 422, moved.text
+    rolled = client.post("/v1/models/fraud/aliases/champion/rollback", headers=op,
+                         json={"to_version": 2**40, "reason": "x"})
+    assert rolled.status_code == 422, rolled.text
 
 
 def test_aliases_history_and_rollback_over_http(
