@@ -13,22 +13,16 @@ FastAPI application unchanged. The core's ``inference.infer`` span continues the
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 from starlette.datastructures import State
+from tributary_kit.asgi_front import ASGIApp, ClientGone, Receive, Scope, Send, body_chunks, install_front
 
 from inference.api import ENTITY_HEADER, _answer, _infer_request
 from inference.errors import InferenceError, InvalidInput, http_status
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PREFIX = "/v2/models/"
 _SUFFIX = "/infer"
@@ -122,17 +116,15 @@ class V2InferRoute:
             raise _TooLarge(f"request body of {int(declared)} bytes is over the limit of {self.max_body_bytes}")
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise InvalidInput("the client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise _TooLarge(f"request body is over the limit of {self.max_body_bytes} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            async for chunk in body_chunks(receive):
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise _TooLarge(f"request body is over the limit of {self.max_body_bytes} bytes")
+                chunks.append(chunk)
+        except ClientGone as exc:
+            raise InvalidInput(str(exc)) from exc
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class _TooLarge(Exception):
@@ -141,9 +133,4 @@ class _TooLarge(Exception):
 
 def install(app: Any) -> None:
     """Put :class:`V2InferRoute` in front of ``app``'s whole middleware stack (after instrumentation)."""
-    build = app.build_middleware_stack
-
-    def build_with_route() -> ASGIApp:
-        return V2InferRoute(build(), app.state)
-
-    app.build_middleware_stack = build_with_route
+    install_front(app, lambda stack: V2InferRoute(stack, app.state))

@@ -14,14 +14,13 @@ routes do, and the events' envelopes continue that span.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.datastructures import State
-from starlette.requests import ClientDisconnect
+from tributary_kit.asgi_front import ASGIApp, ClientGone, Receive, Scope, Send, body_chunks, install_front
 
 from ingest.api import publish_body, refusal, status_of
 from ingest.errors import IngestError
@@ -29,28 +28,9 @@ from ingest.validation import Kind
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 ROUTES: dict[str, Kind] = {"/v1/events/batch": "features", "/v1/labels/batch": "labels"}
 _WANTED = {b"content-length", b"content-type", b"traceparent", b"tracestate"}
 _JSON = [(b"content-type", b"application/json")]
-
-
-async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body as it arrives (what ``Request.stream()`` gives a FastAPI route)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
 
 
 class BatchRoutes:
@@ -86,12 +66,12 @@ class BatchRoutes:
             attributes={"http.method": "POST", "http.route": route, "http.target": route},
         ) as span:
             try:
-                result = await publish_body(_chunks(receive), kind, batch=True, service=service, settings=settings,
+                result = await publish_body(body_chunks(receive), kind, batch=True, service=service, settings=settings,
                                             declared=headers.get("content-length"),
                                             content_type=headers.get("content-type"))
                 status = 200
                 content = orjson.dumps({"total": result.total, "accepted": len(result.accepted), "rejected": 0})
-            except ClientDisconnect:
+            except ClientGone:
                 log.info("client left before sending the whole body", extra={"path": route})
                 span.set_attribute("http.status_code", 499)
                 return
@@ -112,9 +92,4 @@ class BatchRoutes:
 
 def install(app: Any, tracer: trace.Tracer) -> None:
     """Put :class:`BatchRoutes` in front of ``app``'s whole middleware stack (after instrumentation)."""
-    build = app.build_middleware_stack
-
-    def build_with_routes() -> ASGIApp:
-        return BatchRoutes(build(), app.state, tracer)
-
-    app.build_middleware_stack = build_with_routes
+    install_front(app, lambda stack: BatchRoutes(stack, app.state, tracer))
