@@ -180,6 +180,11 @@ def _translate(status: str, message: str, *, model: str, version: int) -> Infere
     where = f"{model} v{version}"
     if "queue size" in lower:
         return Overloaded(f"Triton's queue for {where} is full: {message}")
+    if "request timeout expired" in lower:
+        # The request waited past the model's queue timeout (``default_timeout_microseconds``,
+        # REJECT): Triton answered, its queue is overloaded. Shed (429), not a sign of a dead
+        # server: counting it as one would open the breaker under load and refuse everything.
+        return Overloaded(f"Triton's queue for {where} held the request past its queue timeout: {message}")
     if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in lower:
         return BackendTimeout(f"Triton did not answer for {where} in time; retry later")
     if "unknown model" in lower or "not found" in lower or "NOT_FOUND" in status:

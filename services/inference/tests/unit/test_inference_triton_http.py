@@ -8,7 +8,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 import orjson
 import pytest
-from inference.errors import BackendFailed, BackendTimeout, BackendUnavailable, InvalidInput, ModelNotFound
+from inference.errors import (
+    BackendFailed,
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+)
 from inference.tensors import Tensor
 from inference.triton import TritonBackend
 from inference.triton_http import TritonHttpInfer, TritonRefused
@@ -146,6 +153,8 @@ async def test_unreachable_triton_is_backend_unavailable() -> None:
     (404, "Request for unknown model: 'm' version 9 is not found", ModelNotFound),
     (500, "onnxruntime failed", BackendFailed),
     (503, "failed to connect to the model instance", BackendUnavailable),
+    (503, "Exceeds maximum queue size", Overloaded),
+    (503, "Request timeout expired", Overloaded),
 ])
 async def test_triton_errors_are_translated_like_grpc_ones(serve: Serve, status: int, message: str,
                                                           error: type[Exception]) -> None:
