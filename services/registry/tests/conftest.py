@@ -160,6 +160,10 @@ class FakeTritonControl(ThreadingHTTPServer):
 
     calls: list[tuple[str, dict[str, Any]]]
     status: int
+    error: str
+    """The error message a refused call answers with."""
+    index: list[dict[str, str]]
+    """What ``POST /v2/repository/index`` answers (always 200): Triton's ``{name, version, state, reason}``."""
 
     @property
     def url(self) -> str:
@@ -178,8 +182,14 @@ class _ControlHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.server.calls.append((self.path, json.loads(body or b"{}")))
-        payload = b"{}" if self.server.status == 200 else b'{"error":"failed to load \'m\'"}'
-        self.send_response(self.server.status)
+        status = self.server.status
+        if self.path == "/v2/repository/index":
+            payload, status = json.dumps(self.server.index).encode(), 200
+        elif status == 200:
+            payload = b"{}"
+        else:
+            payload = json.dumps({"error": self.server.error}).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -193,7 +203,7 @@ class _ControlHandler(BaseHTTPRequestHandler):
 def fake_triton() -> Iterator[FakeTritonControl]:
     """A :class:`FakeTritonControl` on a free loopback port, answering 200 until told otherwise."""
     server = FakeTritonControl(("127.0.0.1", 0), _ControlHandler)
-    server.calls, server.status = [], 200
+    server.calls, server.status, server.error, server.index = [], 200, "failed to load 'm'", []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server

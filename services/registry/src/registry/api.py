@@ -55,7 +55,8 @@ _WHY: dict[int, str] = {
     401: "no valid bearer token (`WWW-Authenticate: Bearer`)",
     403: "the token lacks the role this change needs",
     404: "the model, version, alias or artifact does not exist",
-    409: "conflicts with what is registered",
+    409: "conflicts with what is registered, or (`promotion_failed`) Triton refused to load the version the alias "
+         "was moved to, and the alias was moved back",
     412: "the alias changed since the `If-Match` ETag was read",
     413: "the upload is over the artifact limit",
     422: "the model was refused by validation or its signature check",
@@ -286,7 +287,14 @@ IfMatch = Annotated[str | None, Header(
 @router.put("/models/{name}/aliases/{alias}", responses=CHANGE)
 async def set_alias(name: ModelName, alias: AliasName, body: AliasUpdate, service: ServiceDep,
                     actor: PrincipalDep, if_match: IfMatch = None) -> AliasChangePublic:
-    """Point an alias at a version (operator role); recorded and published."""
+    """Point an alias at a version (operator role); recorded and published.
+
+    With a Triton configured, the model is reloaded with the new serving set. When Triton refuses
+    to load the version (its repository index shows it ``UNAVAILABLE``), the registry moves the
+    alias back to its previous version (or removes it), records and publishes that change too,
+    marks the version ``serving.state = "failed"`` with Triton's reason, and answers 409
+    ``promotion_failed``; the versions that served before keep serving.
+    """
     change = await run_in_threadpool(
         service.set_alias, name=name, alias=alias, version=body.version, weight=body.weight, reason=body.reason,
         actor=actor, if_match=if_match,

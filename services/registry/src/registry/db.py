@@ -11,7 +11,7 @@ the database's write lock up front. Either way two registrations never get the s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -52,6 +52,7 @@ from registry.domain import (
     PendingMessage,
     Principal,
     Role,
+    ServingStatus,
     VersionSpec,
     alias_etag,
 )
@@ -98,6 +99,10 @@ class ModelVersionRow(Base):
     description: Mapped[str] = mapped_column(Text)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    serving_state: Mapped[str | None] = mapped_column(String(16), doc="loaded | failed; None before any load.")
+    serving_reason: Mapped[str | None] = mapped_column(Text)
+    serving_alias: Mapped[str | None] = mapped_column(String(16))
+    serving_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     def to_domain(self, model_name: str) -> ModelVersion:
         """The domain value of this row."""
@@ -120,6 +125,10 @@ class ModelVersionRow(Base):
             description=self.description,
             created_by=self.created_by,
             created_at=_utc(self.created_at),
+            serving=None if self.serving_state is None or self.serving_at is None else ServingStatus(
+                state="failed" if self.serving_state == "failed" else "loaded", reason=self.serving_reason or "",
+                alias=None if self.serving_alias is None else check_alias(self.serving_alias),
+                at=_utc(self.serving_at)),
         )
 
 
@@ -440,6 +449,17 @@ class SqlModelStore:
             change = change_row.to_domain(name)
             self._enqueue(session, events(change), changed_at)
             return change
+
+    def record_serving(self, name: str, outcomes: Mapping[int, ServingStatus]) -> None:
+        """See :meth:`registry.store.ModelStore.record_serving`."""
+        if not outcomes:
+            return
+        with self._session() as session:
+            model = self._model(session, name)
+            for version, status in outcomes.items():
+                row = self._version(session, model, version)
+                row.serving_state, row.serving_reason = status.state, status.reason
+                row.serving_alias, row.serving_at = status.alias, status.at
 
     def get_alias(self, name: str, alias: Alias) -> AliasState:
         """See :meth:`registry.store.ModelStore.get_alias`."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from schemas.registry import TensorSpec
@@ -84,6 +84,23 @@ class ArtifactInfo(BaseModel):
     opset: int
 
 
+class ServingStatus(BaseModel):
+    """The outcome of the last Triton load that included a version.
+
+    ``failed`` is a failed promotion: an alias was moved to the version, Triton refused to load
+    it, and the registry moved the alias back (see ``RegistryService``). ``loaded``: the last
+    load that included the version succeeded (the version may have left the serving set since).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    state: Literal["loaded", "failed"] = Field(description="Outcome of the last Triton load including the version.")
+    reason: str = Field(default="", max_length=4096,
+                        description="Triton's own words when the load failed; empty when it loaded.")
+    alias: Alias | None = Field(default=None, description="The alias whose move asked for the load.")
+    at: AwareDatetime = Field(description="When the load was attempted.")
+
+
 class ModelVersion(BaseModel):
     """One registered, validated version of a model."""
 
@@ -105,6 +122,9 @@ class ModelVersion(BaseModel):
     description: str
     created_by: str
     created_at: AwareDatetime
+    serving: ServingStatus | None = Field(
+        default=None, description="Outcome of the last Triton load that included this version; null before any "
+                                  "(or without a Triton configured). state `failed` is a failed promotion.")
 
     @property
     def signature(self) -> Signature:

@@ -80,6 +80,12 @@ class SignatureConflict(Conflict):
     code = "signature_conflict"
 
 
+class PromotionFailed(Conflict):
+    """Triton refused to load the version an alias was just moved to; the alias was moved back."""
+
+    code = "promotion_failed"
+
+
 class AliasChanged(RegistryError):
     """The alias no longer points where the change's ``If-Match`` says it did."""
 

@@ -33,15 +33,19 @@ from registry.domain import (
     ModelVersion,
     Principal,
     Role,
+    ServingStatus,
     VersionSpec,
+    alias_etag,
 )
 from registry.errors import (
     InvalidModel,
     InvalidRequest,
     NotAuthenticated,
     PermissionDenied,
+    PromotionFailed,
     RegistryError,
     SignatureConflict,
+    TritonError,
 )
 from registry.names import Alias, check_alias, check_model_name
 from registry.outbox import model_registered, rollout_changed
@@ -53,6 +57,10 @@ from registry.triton_repo import TritonControl, TritonRepository
 from registry.validation import ValidatedModel, validate_model
 
 log = logging.getLogger(__name__)
+
+REVERT_ACTOR = "registry"
+"""``changed_by`` of the alias changes the registry makes itself (moving an alias back after Triton
+refused the version it was moved to)."""
 
 TOKEN_PREFIX = "trb_"
 """Every token starts with this, so leaked tokens are easy to find in logs and repositories."""
@@ -346,8 +354,66 @@ class RegistryService:
         self.notify()
         log.info("alias changed", extra={"model": name, "alias": alias, "version": version,
                                          "previous": change.previous_version, "by": actor.name})
-        self._sync_triton_quietly(name, reload=True)
+        refused = self._sync_triton_quietly(name, reload=True, alias=alias)
+        if refused is not None and change.version is not None and change.version in refused:
+            reverted = self._revert(change, refused[change.version])
+            raise PromotionFailed(
+                f"Triton refused to load version {change.version} of {name!r}, so {alias} was "
+                f"{_described(reverted, change)}; the version is marked failed (GET "
+                f"/v1/models/{name}/versions/{change.version}: serving). Triton said: {refused[change.version]}")
         return change
+
+    def _revert(self, change: AliasChange, reason: str) -> AliasChange | None:
+        """Move ``change``'s alias back to where it pointed before (or remove it), then restore Triton.
+
+        Compare-and-set on the alias still pointing where ``change`` left it: a newer move by
+        someone else is not undone (None is returned). The revert is an alias change like any
+        other: recorded in the history and published as ``registry.rollout-changed.v1``, so the
+        gateways stop routing to the version.
+        """
+        name, alias = change.model_name, change.alias
+        earlier = [c for c in self.store.alias_history(name, alias) if c.id < change.id]
+        previous = earlier[-1] if earlier else None
+        back_to = None if previous is None else previous.version
+        weight = None if previous is None or back_to is None else previous.weight
+        topic = self.topics.rollout_changed
+        try:
+            reverted = self.store.move_alias(
+                name=name, alias=alias, version=back_to, weight=weight, changed_by=REVERT_ACTOR,
+                reason=f"reverted: Triton refused to load version {change.version}: {reason}"[:4096],
+                changed_at=self.clock(), events=lambda c: [rollout_changed(c, topic=topic)], guard=_one_signature,
+                if_match=alias_etag(change.version, change.weight),
+            )
+        except RegistryError as exc:
+            log.error("alias not moved back after Triton refused its version", extra={
+                "model": name, "alias": alias, "version": change.version, "error": str(exc)})
+            return None
+        metrics.ALIAS_CHANGES.labels(alias=alias).inc()
+        metrics.PROMOTIONS_FAILED.labels(alias=alias).inc()
+        self.notify()
+        log.error("Triton refused the version an alias moved to; alias moved back", extra={
+            "model": name, "alias": alias, "version": change.version, "back_to": back_to, "reason": reason})
+        self._restore_triton(name)
+        return reverted
+
+    def _restore_triton(self, name: str) -> None:
+        """Write the restored serving set's config; load it only when Triton does not serve all of it.
+
+        After a refused load Triton keeps serving the versions it had (it swaps versions in only
+        when all of them loaded), so usually nothing needs loading and serving versions are not
+        disturbed by a reload.
+        """
+        try:
+            wanted = self.sync_triton(name, reload=False)
+            if self.triton is None or not wanted:
+                return
+            states = self.triton.index(name)
+            if all(states.get(v, ("", ""))[0] == "READY" for v in wanted):
+                return
+            self.triton.load(name)
+        except (RegistryError, OSError) as exc:
+            metrics.TRITON_FAILURES.inc()
+            log.error("Triton not restored after a refused load", extra={"model": name, "error": str(exc)})
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -382,12 +448,15 @@ class RegistryService:
 
     # -- Triton ---------------------------------------------------------------------------------
 
-    def sync_triton(self, name: str, *, reload: bool = True) -> None:
+    def sync_triton(self, name: str, *, reload: bool = True) -> list[int]:
         """Bring ``name``'s directory in the Triton repository up to date; reload it in Triton.
 
         Writes each version's ``model.onnx`` that is missing, rewrites ``config.pbtxt`` for
         the versions the aliases point at (the newest version when none do) and, with a
         Triton configured and ``reload``, loads the model (or unloads it when nothing serves).
+
+        Returns:
+            The versions the aliases serve (what a load asks Triton for); empty when none do.
 
         Raises:
             TritonError: Triton refused.
@@ -395,11 +464,11 @@ class RegistryService:
 
         """
         if self.triton_repo is None:
-            return
+            return []
         check_model_name(name)
         versions = self.store.list_versions(name)
         if not versions:
-            return
+            return []
         for v in versions:
             if not self.triton_repo.has_version(name, v.version):
                 with self.artifacts.open(v.sha256) as f:
@@ -412,21 +481,74 @@ class RegistryService:
                 self.triton.load(name)
             else:
                 self.triton.unload(name)
+        return [n for n, _ in chosen] if serving else []
 
     def sync_all_triton(self) -> None:
         """:meth:`sync_triton` for every model; failures are logged, not raised (start-up)."""
         for model in self.store.list_models():
             self._sync_triton_quietly(model.name, reload=bool(model.aliases))
 
-    def _sync_triton_quietly(self, name: str, *, reload: bool) -> None:
+    def _sync_triton_quietly(self, name: str, *, reload: bool, alias: Alias | None = None) -> dict[int, str] | None:
+        """:meth:`sync_triton`, recording each served version's load outcome; the versions Triton refused.
+
+        Returns:
+            ``{version: Triton's reason}`` for the versions Triton's repository index shows
+            unavailable after it refused the load; None when the load succeeded, was not asked
+            for, or failed for another reason (Triton unreachable, repository not written).
+
+        """
         # The database is the source of truth and is already committed: a failed repository
         # write or Triton call must not undo or fail the change. It is logged and counted, and
-        # POST /v1/models/{name}/triton/sync (or a restart) repairs it.
+        # POST /v1/models/{name}/triton/sync (or a restart) repairs it. Only a version Triton
+        # itself declares unavailable is reported back (the caller moves its alias back).
+        attempted: list[int] = []
         try:
-            self.sync_triton(name, reload=reload)
+            attempted = self.sync_triton(name, reload=reload)
+        except TritonError as exc:
+            metrics.TRITON_FAILURES.inc()
+            log.error("Triton repository sync failed", extra={"model": name, "error": str(exc)})
+            return self._refused(name, alias, exc)
         except (RegistryError, OSError) as exc:
             metrics.TRITON_FAILURES.inc()
             log.error("Triton repository sync failed", extra={"model": name, "error": str(exc)})
+            return None
+        if reload and attempted and self.triton is not None:
+            loaded = ServingStatus(state="loaded", alias=alias, at=self.clock())
+            self._record(name, dict.fromkeys(attempted, loaded))
+        return None
+
+    def _refused(self, name: str, alias: Alias | None, exc: TritonError) -> dict[int, str] | None:
+        """After a failed load: the versions Triton's index shows unavailable, recorded as failed."""
+        if self.triton is None or self.triton_repo is None:
+            return None
+        try:
+            wanted = [v.version for v in self.store.serving(name).values()]
+            states = self.triton.index(name)
+        except (RegistryError, OSError) as index_exc:
+            log.error("Triton's repository index could not be read after a failed load",
+                      extra={"model": name, "error": str(index_exc), "load_error": str(exc)})
+            return None
+        refused = {v: (states[v][1] or str(exc))[:4096] for v in sorted(set(wanted))
+                   if v in states and states[v][0] == "UNAVAILABLE"}
+        if refused:
+            at = self.clock()
+            self._record(name, {v: ServingStatus(state="failed", reason=why, alias=alias, at=at)
+                                for v, why in refused.items()})
+        return refused or None
+
+    def _record(self, name: str, outcomes: dict[int, ServingStatus]) -> None:
+        try:
+            self.store.record_serving(name, outcomes)
+        except RegistryError as exc:
+            log.error("Triton load outcome not recorded", extra={"model": name, "error": str(exc)})
+
+
+def _described(reverted: AliasChange | None, change: AliasChange) -> str:
+    if reverted is None:
+        return "not moved back (it was changed again meanwhile)"
+    if reverted.version is None:
+        return "removed (it pointed at no version before)"
+    return f"moved back to version {reverted.version}"
 
 
 def _one_signature(serving: Mapping[Alias, ModelVersion]) -> None:

@@ -21,6 +21,7 @@ from registry.domain import (
     PendingMessage,
     Principal,
     Role,
+    ServingStatus,
     VersionSpec,
 )
 from registry.names import Alias
@@ -105,6 +106,15 @@ class ModelStore(Protocol):
 
     def serving(self, name: str) -> dict[Alias, ModelVersion]:
         """The versions the aliases of ``name`` point at now. Raises ModelNotFound."""
+        ...
+
+    def record_serving(self, name: str, outcomes: Mapping[int, ServingStatus]) -> None:
+        """Record the outcome of a Triton load for each version in ``outcomes`` (see ``ModelVersion.serving``).
+
+        Raises:
+            ModelNotFound, VersionNotFound.
+
+        """
         ...
 
     def get_alias(self, name: str, alias: Alias) -> AliasState:

@@ -252,7 +252,30 @@ class TritonControl:
         self._post(f"/v2/repository/models/{check_model_name(model)}/unload",
                    {"parameters": {"unload_dependents": False}})
 
-    def _post(self, path: str, body: dict[str, object]) -> None:
+    def index(self, model: str) -> dict[int, tuple[str, str]]:
+        """Triton's repository index for ``model``: ``{version: (state, reason)}``.
+
+        ``state`` is Triton's (``READY``, ``UNAVAILABLE``, ``LOADING``...); ``reason`` is why a
+        version is not ready (Triton's message when its load failed). Versions Triton never tried
+        are absent.
+
+        Raises:
+            TritonError: Triton refused or could not be reached.
+
+        """
+        name = check_model_name(model)
+        response = self._post("/v2/repository/index", {})
+        try:
+            entries = response.json()
+        except ValueError as exc:
+            raise TritonError(f"Triton's repository index is not JSON: {response.text[:200]}") from exc
+        found: dict[int, tuple[str, str]] = {}
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and entry.get("name") == name and str(entry.get("version", "")).isdigit():
+                found[int(entry["version"])] = (str(entry.get("state", "")), str(entry.get("reason", "")))
+        return found
+
+    def _post(self, path: str, body: dict[str, object]) -> httpx.Response:
         try:
             response = self._client.post(self.base_url + path, json=body, headers=self._headers)
         except httpx.HTTPError as exc:
@@ -264,6 +287,7 @@ class TritonControl:
                                   "registry's REGISTRY_TRITON_ADMIN_HEADER/REGISTRY_TRITON_ADMIN_SECRET do not match "
                                   f"Triton's --http-restricted-api (HTTP {response.status_code}: {detail})")
             raise TritonError(f"Triton refused POST {path}: HTTP {response.status_code} {detail}")
+        return response
 
     def close(self) -> None:
         """Close the HTTP client when this object created it."""
