@@ -41,6 +41,7 @@ from inference.fallback import OnnxFallback
 from inference.features import OnlineStore
 from inference.grpc_server import build_server
 from inference.kafka import EventConsumer, PredictionPublisher, build_consumer, build_producer, publish
+from inference.readiness import VersionGate
 from inference.rollout import RolloutState
 from inference.service import InferenceService
 from inference.settings import Settings
@@ -105,6 +106,8 @@ def create_app(settings: Settings) -> FastAPI:
                                           queue_size=settings.prediction_queue_size)
         try:
             rollout = RolloutState(redis, prefix=settings.redis_prefix, publish=publish_rollouts)
+            gate = VersionGate(triton, timeout_s=settings.backend_timeout_s)
+            rollout.on_table = gate.on_table
             await asyncio.wait_for(rollout.refresh(), settings.startup_timeout_s)
             stats = CanaryStats()
             labels = LabelJoin(stats, settings.label_join_capacity)
@@ -119,7 +122,7 @@ def create_app(settings: Settings) -> FastAPI:
                 stats=stats, labels=labels, store=store, timeout_s=settings.backend_timeout_s,
                 max_inflight=settings.max_inflight, compare_canary=settings.compare_canary,
                 model_features=settings.model_features, model_datasets=settings.model_datasets,
-                contracts=contracts, tracer=tracer,
+                contracts=contracts, gate=gate, tracer=tracer,
                 breaker=CircuitBreaker(triton.name, failures=settings.breaker_failures,
                                        cooldown_s=settings.breaker_cooldown_s,
                                        probe_timeout_s=2 * settings.backend_timeout_s + 1))
@@ -139,6 +142,7 @@ def create_app(settings: Settings) -> FastAPI:
             predictions.start()
             mirror.start()
             spawn(rollout.run(settings.rollout_refresh_s, stop), "inference-rollout-refresh")
+            spawn(gate.run(rollout, settings.version_ready_check_s, stop), "inference-version-gate")
             if settings.consume_rollouts:
                 consumers.append(EventConsumer(
                     build_consumer(settings, group_id=None, client_id="inference-rollout"),

@@ -92,3 +92,15 @@ COALESCED = Histogram(
     ["model"],
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
 )
+CANARY_SKIPPED = Counter(
+    "inference_canary_skipped_total",
+    "Requests the canary would have answered, sent to the champion instead (alias=canary), and shadow mirrors not "
+    "made (alias=shadow), because Triton does not report the version ready (reason=not_ready), by model.",
+    ["model", "alias", "reason"],
+)
+VERSION_NOT_READY = Gauge(
+    "inference_version_not_ready",
+    "1 while the model's canary or shadow version is skipped because Triton does not report it ready, by model and "
+    "alias (canary|shadow).",
+    ["model", "alias"],
+)

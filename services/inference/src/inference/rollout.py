@@ -122,6 +122,8 @@ class RolloutState:
         """Why the last refresh failed (None when it succeeded): requests use the last good copy."""
         self.refreshed_at: float | None = None
         """``time.monotonic()`` of the last successful refresh."""
+        self.on_table: Callable[[dict[str, ModelRoute]], Awaitable[None]] | None = None
+        """Awaited with a changed table before it replaces the in-memory copy (the version gate)."""
 
     def _key(self, model: str) -> str:
         return f"{self._prefix}rollout:{model}"
@@ -189,6 +191,12 @@ class RolloutState:
                 rows = await pipe.execute()
         previous = self._table
         table = {m: _route(m, row) for m, row in zip(models, rows, strict=True)}
+        if self.on_table is not None and table != previous:
+            # Before the new table serves: e.g. a new canary is checked ready first (inference.readiness).
+            try:
+                await self.on_table(table)
+            except Exception:
+                log.exception("rollout table hook failed; the new table serves anyway")
         self._table = table
         self.loaded = True
         self.redis_error = None

@@ -48,6 +48,7 @@ from inference.errors import (
 )
 from inference.features import OnlineStore
 from inference.ids import RequestIds
+from inference.readiness import VersionGate
 from inference.rollout import RolloutState
 from inference.routing import ModelRoute, Route, choose
 from inference.shadow import MirrorJob, ShadowMirror
@@ -159,6 +160,9 @@ class InferenceService:
         model_datasets: dataset of each model's online features.
         contracts: input contracts of trainer-built models (``numeric``/``categorical`` inputs), or None.
         breaker: the circuit breaker in front of ``backend``; default: 5 failures, 2 s cooldown.
+        gate: which canary and shadow versions Triton reports ready (:mod:`inference.readiness`): the
+            canary's share of a version not ready goes to the champion and its shadow mirrors are skipped;
+            None routes without looking.
         tracer: OpenTelemetry tracer.
         clock: monotonic seconds (tests).
 
@@ -169,7 +173,7 @@ class InferenceService:
                  timeout_s: float, max_inflight: int, compare_canary: bool = True,
                  model_features: dict[str, list[str]] | None = None, model_datasets: dict[str, str] | None = None,
                  contracts: ContractSource | None = None, breaker: CircuitBreaker | None = None,
-                 tracer: trace.Tracer | None = None,
+                 gate: VersionGate | None = None, tracer: trace.Tracer | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rollout = rollout
         self.backend = backend
@@ -186,6 +190,8 @@ class InferenceService:
         self.model_datasets = model_datasets or {}
         self.contracts = contracts
         self.breaker = breaker or CircuitBreaker(backend.name, probe_timeout_s=2 * timeout_s + 1, clock=clock)
+        self.gate = gate
+        self._skip_counters: dict[tuple[str, str], Any] = {}
         self._tracer = tracer or trace.get_tracer("inference")
         self._clock = clock
         self._signatures: dict[tuple[str, int], Signature] = {}
@@ -279,7 +285,19 @@ class InferenceService:
         if choice is None:
             raise ModelNotFound(f"model {request.model!r} has no champion version yet; point its champion alias "
                                 "at a version")
+        if (choice[1] == "canary" and self.gate is not None and route.champion is not None
+                and not self.gate.ready(request.model, choice[0])):
+            # Triton does not report the canary ready (not loaded yet, or its load refused): its share
+            # goes to the champion rather than to the fallback or a 503.
+            self._skipped(request.model, "canary")
+            return route.champion, "champion"
         return choice
+
+    def _skipped(self, model: str, alias: str) -> None:
+        counter = self._skip_counters.get((model, alias))
+        if counter is None:
+            counter = self._skip_counters[(model, alias)] = metrics.CANARY_SKIPPED.labels(model, alias, "not_ready")
+        counter.inc()
 
     async def signature(self, model: str, version: int) -> Signature:
         """The version's signature (cached: a version's contents never change).
@@ -487,9 +505,13 @@ class InferenceService:
         # Everything here is fire-and-forget: the caller's answer never waits for it (a durable
         # request's event was handed to the publisher already: `delivered`).
         if route.shadow is not None and route.shadow != result.version:
-            self.mirror.offer(MirrorJob("shadow", request.model, route.shadow, request.inputs, request.outputs,
-                                        result.outputs, result.version, result.request_id, request.entity,
-                                        request.dataset, request.features))
+            if self.gate is not None and route.shadow != route.champion and not self.gate.ready(request.model,
+                                                                                                 route.shadow):
+                self._skipped(request.model, "shadow")
+            else:
+                self.mirror.offer(MirrorJob("shadow", request.model, route.shadow, request.inputs,
+                                            request.outputs, result.outputs, result.version, result.request_id,
+                                            request.entity, request.dataset, request.features))
         if _alias_of(route, result) == "canary" and self.compare_canary and route.champion is not None:
             self.mirror.offer(MirrorJob("compare", request.model, route.champion, request.inputs, request.outputs,
                                         result.outputs, result.version, result.request_id))
@@ -627,6 +649,13 @@ class InferenceService:
             ok, reason = True, f"{down}; serving from the onnxruntime fallback"
         else:
             return False, f"{down} and no fallback is configured"
+        if self.gate is not None:
+            skipped = self.gate.not_ready(self.rollout.table)
+            if skipped:
+                what = ", ".join(f"{m} v{v} ({a})" for m, v, a in skipped)
+                gated = (f"Triton does not report {what} ready: canary traffic goes to the champion, shadow "
+                         "mirrors are skipped")
+                reason = gated if reason == "ready" else f"{reason}; {gated}"
         if self.rollout.redis_error is not None:
             age = time.monotonic() - (self.rollout.refreshed_at or time.monotonic())
             redis = (f"Redis unreachable ({self.rollout.redis_error}); serving the last known routes, "

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     rollout_refresh_s: float = Field(default=0.25, gt=0)
     """How often each replica re-reads the rollout state from Redis."""
 
+    version_ready_check_s: float = Field(default=1.0, gt=0)
+    """How often the canary and shadow versions' readiness is re-read from Triton (``/v2/models/{m}/versions/{v}/
+    ready``, in the background). A canary Triton does not report ready gets no traffic (its share goes to the
+    champion) and a shadow gets no mirrors; a version a rollout change names for the first time is checked before
+    the change serves."""
+
     consume_rollouts: bool = True
     """Rebuild the rollout state from the compacted rollout topic (read from the start at every start-up)."""
 
