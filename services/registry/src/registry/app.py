@@ -127,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
             sandbox=SandboxLimits(memory_bytes=settings.validation_memory_mb * 1024 * 1024,
                                   cpu_s=settings.validation_cpu_s, timeout_s=settings.validation_timeout_s)
             if settings.validation_sandbox else None,
+            preflight=settings.triton_preflight,
         )
         app.state.service = service
         app.state.producer = producer

@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from schemas.signing import ArtifactSignature
 
@@ -112,6 +112,8 @@ class RegistryService:
             accepts unsigned uploads and refuses signed ones (nothing to verify them with).
         sandbox: validate uploads in a resource-limited child process (see
             :mod:`registry.sandbox`); None validates in this process (tests of the rules).
+        preflight: before an alias move reloads a model that serves with a version new to it,
+            test-load that version alone in Triton (see :meth:`_preflight`).
 
     """
 
@@ -128,6 +130,7 @@ class RegistryService:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         signing: SigningKeys | None = None,
         sandbox: SandboxLimits | None = None,
+        preflight: bool = True,
     ) -> None:
         self.store = store
         self.sandbox = sandbox
@@ -139,6 +142,7 @@ class RegistryService:
         self.triton = triton
         self.notify = notify
         self.clock = clock
+        self.preflight = preflight and triton is not None and triton_repo is not None
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -345,6 +349,7 @@ class RegistryService:
         if len(reason) > 4096:
             raise InvalidRequest("reason is longer than 4096 characters")
         topic = self.topics.rollout_changed
+        before = {v.version for v in self.store.serving(name).values()} if self.triton is not None else set()
         change = self.store.move_alias(
             name=name, alias=alias, version=version, weight=weight, changed_by=actor.name, reason=reason.strip(),
             changed_at=self.clock(), events=lambda c: [rollout_changed(c, topic=topic)], guard=_one_signature,
@@ -354,14 +359,63 @@ class RegistryService:
         self.notify()
         log.info("alias changed", extra={"model": name, "alias": alias, "version": version,
                                          "previous": change.previous_version, "by": actor.name})
-        refused = self._sync_triton_quietly(name, reload=True, alias=alias)
-        if refused is not None and change.version is not None and change.version in refused:
-            reverted = self._revert(change, refused[change.version])
-            raise PromotionFailed(
-                f"Triton refused to load version {change.version} of {name!r}, so {alias} was "
-                f"{_described(reverted, change)}; the version is marked failed (GET "
-                f"/v1/models/{name}/versions/{change.version}: serving). Triton said: {refused[change.version]}")
+        if self.preflight and before and change.version is not None and change.version not in before:
+            # Versions serve: test-load the new one on its own first, so a version Triton refuses
+            # never makes it reload (and so disturb) the versions serving.
+            refused = self._preflight(name, change.version)
+            if refused is not None:
+                self._fail_promotion(change, refused)
+        failed = self._sync_triton_quietly(name, reload=True, alias=alias)
+        if failed is not None and change.version is not None and change.version in failed:
+            self._fail_promotion(change, failed[change.version])
         return change
+
+    def _fail_promotion(self, change: AliasChange, reason: str) -> NoReturn:
+        """Mark ``change``'s version failed, move its alias back, raise PromotionFailed."""
+        name, alias, version = change.model_name, change.alias, change.version
+        assert version is not None
+        self._record(name, {version: ServingStatus(state="failed", reason=reason[:4096], alias=alias,
+                                                   at=self.clock())})
+        reverted = self._revert(change, reason)
+        raise PromotionFailed(
+            f"Triton refused to load version {version} of {name!r}, so {alias} was {_described(reverted, change)}; "
+            f"the version is marked failed (GET /v1/models/{name}/versions/{version}: serving). Triton said: {reason}")
+
+    def _preflight(self, name: str, version: int) -> str | None:
+        """Test-load ``version`` alone as Triton model ``_preflight-<name>``; Triton's reason when it refused.
+
+        None when it loaded, or when Triton gave no verdict (unreachable, or its index does not
+        show the version unavailable): the serving model's own load then decides, as without
+        the test. The scratch model is unloaded and removed either way.
+        """
+        assert self.triton is not None and self.triton_repo is not None
+        try:
+            found = self.store.get_version(name, version)
+            if not self.triton_repo.has_version(name, version):
+                with self.artifacts.open(found.sha256) as f:
+                    self.triton_repo.write_version(name, version, f)
+            scratch = self.triton_repo.write_preflight(name, version, found.signature)
+        except (RegistryError, OSError) as exc:
+            log.error("version not test-loaded in Triton", extra={"model": name, "version": version,
+                                                                  "error": str(exc)})
+            return None
+        try:
+            self.triton.load(scratch)
+            return None
+        except TritonError as exc:
+            try:
+                state, why = self.triton.index(scratch).get(version, ("", ""))
+            except TritonError as index_exc:
+                log.error("Triton's repository index could not be read after a failed test load",
+                          extra={"model": name, "error": str(index_exc), "load_error": str(exc)})
+                return None
+            return (why or str(exc)) if state == "UNAVAILABLE" else None
+        finally:
+            try:
+                self.triton.unload(scratch)
+            except TritonError as exc:
+                log.warning("test-loaded model not unloaded", extra={"model": scratch, "error": str(exc)})
+            self.triton_repo.remove_preflight(name)
 
     def _revert(self, change: AliasChange, reason: str) -> AliasChange | None:
         """Move ``change``'s alias back to where it pointed before (or remove it), then restore Triton.

@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     triton_timeout_s: float = Field(default=120.0, gt=0)
     """How long a Triton load or unload may take."""
 
+    triton_preflight: bool = True
+    """Before an alias move reloads a serving model with a version new to it, test-load that version
+    alone in Triton (model ``_preflight-<model>``, unloaded right after). Triton reloads every version
+    of a model when its config changes, and requests to the serving versions wait during a reload;
+    with the test load, a version Triton refuses never causes that reload. Costs one extra load per
+    such move."""
+
     triton_max_batch_size: int = Field(default=64, ge=0)
     """``max_batch_size`` written for models whose tensors all have a dynamic batch dimension."""
 

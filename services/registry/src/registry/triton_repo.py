@@ -27,6 +27,10 @@ from registry.domain import Signature
 from registry.errors import InvalidName, TritonError
 from registry.names import check_model_name
 
+PREFLIGHT_PREFIX = "_preflight-"
+"""Prefix of the scratch model a new version is test-loaded as (``_preflight-<model>``) before the
+serving model is reloaded with it; no registered model name can start with ``_``."""
+
 _TRITON_TYPES = {
     "BOOL": "TYPE_BOOL", "INT8": "TYPE_INT8", "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
     "UINT8": "TYPE_UINT8", "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "BYTES": "TYPE_STRING",
@@ -196,6 +200,30 @@ class TritonRepository:
             raise
         return target
 
+    def write_preflight(self, model: str, version: int, signature: Signature) -> str:
+        """Write the scratch model ``_preflight-<model>`` serving only ``version``; return its name.
+
+        Its ``model.onnx`` is a hard link to the version's file in the repository (a copy where
+        links are not possible), so Triton test-loads exactly the bytes the serving model would.
+        """
+        name = PREFLIGHT_PREFIX + check_model_name(model)
+        source = self.version_file(model, version)
+        self.remove_preflight(model)
+        target = self.root / name / str(version) / "model.onnx"
+        target.parent.mkdir(parents=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+        config = render_config(name, signature, versions=[version], max_batch_size=self.max_batch_size,
+                               max_queue_delay_us=self.max_queue_delay_us)
+        (self.root / name / "config.pbtxt").write_text(config, encoding="utf-8")
+        return name
+
+    def remove_preflight(self, model: str) -> None:
+        """Remove the scratch model of :meth:`write_preflight` (if any)."""
+        shutil.rmtree(self.root / (PREFLIGHT_PREFIX + check_model_name(model)), ignore_errors=True)
+
     def write_config(self, model: str, signature: Signature, *, versions: Sequence[int]) -> Path:
         """Write ``config.pbtxt`` of ``model`` serving ``versions`` (atomically); return its path."""
         text = render_config(model, signature, versions=versions, max_batch_size=self.max_batch_size,
@@ -240,7 +268,7 @@ class TritonControl:
             TritonError: Triton refused or could not be reached.
 
         """
-        self._post(f"/v2/repository/models/{check_model_name(model)}/load", {})
+        self._post(f"/v2/repository/models/{_triton_name(model)}/load", {})
 
     def unload(self, model: str) -> None:
         """Unload every version of ``model``.
@@ -249,7 +277,7 @@ class TritonControl:
             TritonError: Triton refused or could not be reached.
 
         """
-        self._post(f"/v2/repository/models/{check_model_name(model)}/unload",
+        self._post(f"/v2/repository/models/{_triton_name(model)}/unload",
                    {"parameters": {"unload_dependents": False}})
 
     def index(self, model: str) -> dict[int, tuple[str, str]]:
@@ -263,7 +291,7 @@ class TritonControl:
             TritonError: Triton refused or could not be reached.
 
         """
-        name = check_model_name(model)
+        name = _triton_name(model)
         response = self._post("/v2/repository/index", {})
         try:
             entries = response.json()
@@ -293,3 +321,10 @@ class TritonControl:
         """Close the HTTP client when this object created it."""
         if self._owns_client:
             self._client.close()
+
+
+def _triton_name(model: str) -> str:
+    """``model`` if it is a registered model's name or its scratch model's (:data:`PREFLIGHT_PREFIX`)."""
+    if model.startswith(PREFLIGHT_PREFIX):
+        return PREFLIGHT_PREFIX + check_model_name(model[len(PREFLIGHT_PREFIX):])
+    return check_model_name(model)

@@ -1,5 +1,7 @@
 """A version Triton refuses to load: the alias is moved back, the version is marked failed, and
-the versions that served before keep serving (reliability plan G2, the registry's part).
+the versions that served before keep serving (reliability plan G2, the registry's part). A version
+new to a serving model is test-loaded alone first (``_preflight-<model>``), so a refused one never
+reloads the serving model.
 
 Triton here is the loopback fake of ``conftest.py`` answering as the real one does (found with a
 real tritonserver, see ``tests/reliability/test_reliability_canary_load.py``): the load answers
@@ -31,11 +33,12 @@ def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _refuse(fake: FakeTritonControl, version: int, *, ready: list[int]) -> None:
+def _refuse(fake: FakeTritonControl, version: int, *, ready: list[int], model: str = "fraud") -> None:
+    """Triton refusing ``version`` when loaded as ``model`` (the serving model or its test load)."""
     fake.status = 400
-    fake.error = f"load failed for model 'fraud': version {version} is at UNAVAILABLE state: {REASON};"
+    fake.error = f"load failed for model '{model}': version {version} is at UNAVAILABLE state: {REASON};"
     fake.index = [*({"name": "fraud", "version": str(v), "state": "READY"} for v in ready),
-                  {"name": "fraud", "version": str(version), "state": "UNAVAILABLE", "reason": REASON},
+                  {"name": model, "version": str(version), "state": "UNAVAILABLE", "reason": REASON},
                   {"name": "other", "version": "1", "state": "READY"}]
 
 
@@ -65,8 +68,9 @@ def test_a_version_triton_refuses_is_marked_failed_and_its_alias_moved_back(
         assert v1["state"] == "loaded" and v1["alias"] == "champion" and v1["reason"] == "", v1
         before = _metric(client.get("/metrics").text, "registry_promotions_failed_total", 'alias="canary"')
 
-        # A canary Triton refuses: the canary pointed nowhere before, so it is removed.
-        _refuse(fake_triton, 2, ready=[1])
+        # A canary Triton refuses when test-loaded alone: the canary pointed nowhere before, so it is
+        # removed, and the serving model is never reloaded.
+        _refuse(fake_triton, 2, ready=[1], model="_preflight-fraud")
         calls = len(fake_triton.calls)
         moved = client.put("/v1/models/fraud/aliases/canary", headers=op,
                            json={"version": 2, "weight": 0.1, "reason": "try v2"})
@@ -74,10 +78,11 @@ def test_a_version_triton_refuses_is_marked_failed_and_its_alias_moved_back(
         assert moved.json()["code"] == "promotion_failed"
         assert "version 2" in moved.json()["error"] and "removed" in moved.json()["error"]
         assert REASON in moved.json()["error"]
-        # One load (refused), the index read to learn what Triton refused, the index read before the
-        # restore: Triton still serves v1, so it is not reloaded (a reload would disturb it).
-        assert fake_triton.paths[calls:] == ["/v2/repository/models/fraud/load", "/v2/repository/index",
-                                             "/v2/repository/index"]
+        # The test load (refused), the index read to learn why, the test model unloaded; the index read
+        # before the restore: Triton still serves v1, so it is not reloaded (a reload would disturb it).
+        assert fake_triton.paths[calls:] == ["/v2/repository/models/_preflight-fraud/load", "/v2/repository/index",
+                                             "/v2/repository/models/_preflight-fraud/unload", "/v2/repository/index"]
+        assert not (settings.triton_root / "_preflight-fraud").exists()
         assert client.get("/v1/models/fraud/aliases/canary").json()["code"] == "alias_not_set"
         failed = client.get("/v1/models/fraud/versions/2").json()["serving"]
         assert failed["state"] == "failed" and failed["alias"] == "canary" and failed["reason"] == REASON, failed
@@ -90,22 +95,38 @@ def test_a_version_triton_refuses_is_marked_failed_and_its_alias_moved_back(
         after = _metric(client.get("/metrics").text, "registry_promotions_failed_total", 'alias="canary"')
         assert after - before == 1
 
-        # A champion move Triton refuses goes back to the previous champion, with Triton restored
-        # by a load because its index no longer shows the champion ready.
+        # A champion move refused by the serving model's own load (the test load gave no verdict: its
+        # index does not list it) goes back to the previous champion, with Triton restored by a load
+        # because its index no longer shows the champion ready.
         _refuse(fake_triton, 3, ready=[])
         calls = len(fake_triton.calls)
         moved = client.put("/v1/models/fraud/aliases/champion", headers=op, json={"version": 3, "reason": "go"})
         assert moved.status_code == 409 and "moved back to version 1" in moved.json()["error"], moved.text
         assert client.get("/v1/models/fraud/aliases/champion").json()["version"] == 1
-        assert fake_triton.paths[calls:] == ["/v2/repository/models/fraud/load", "/v2/repository/index",
-                                             "/v2/repository/index", "/v2/repository/models/fraud/load"]
+        assert fake_triton.paths[calls:] == [
+            "/v2/repository/models/_preflight-fraud/load", "/v2/repository/index",
+            "/v2/repository/models/_preflight-fraud/unload",
+            "/v2/repository/models/fraud/load", "/v2/repository/index",
+            "/v2/repository/index", "/v2/repository/models/fraud/load"]
         assert client.get("/v1/models/fraud/versions/3").json()["serving"]["state"] == "failed"
 
+        # A version Triton loads: tested alone, then the serving model reloaded with it.
+        fake_triton.status, fake_triton.index = 200, []
+        calls = len(fake_triton.calls)
+        moved = client.put("/v1/models/fraud/aliases/canary", headers=op,
+                           json={"version": 3, "weight": 0.2, "reason": "again, repaired"})
+        assert moved.status_code == 200, moved.text
+        assert fake_triton.paths[calls:] == ["/v2/repository/models/_preflight-fraud/load",
+                                             "/v2/repository/models/_preflight-fraud/unload",
+                                             "/v2/repository/models/fraud/load"]
+        assert client.get("/v1/models/fraud/versions/3").json()["serving"]["state"] == "loaded"
+        assert "versions: [1, 3]" in (settings.triton_root / "fraud" / "config.pbtxt").read_text()
+
     changes = [Envelope[RolloutChangedV1].model_validate_json(v).payload
-               for _, v in consume(settings.rollout_changed_topic, 5)]
+               for _, v in consume(settings.rollout_changed_topic, 6)]
     assert [(c.alias, c.version, c.changed_by) for c in changes] == [
         ("champion", 1, "admin"), ("canary", 2, "admin"), ("canary", None, "registry"),
-        ("champion", 3, "admin"), ("champion", 1, "registry")]
+        ("champion", 3, "admin"), ("champion", 1, "registry"), ("canary", 3, "admin")]
     assert changes[2].previous_version == 2 and changes[4].previous_version == 3
 
 
