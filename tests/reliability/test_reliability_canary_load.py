@@ -21,7 +21,10 @@ Pass criteria (plan G2):
 - every answer through the gateway during the fault is 200 from v1 (the ``X-Tributary-Model-Version``
   header), none from the refused version: the gateway never routes to a version Triton does not
   report ready (its share goes to the champion, counted in ``inference_canary_skipped_total``);
-- p99 over the fault window (from the alias move to 8 s after) <= 1.2 x B99. An expected failure,
+- p99 over the fault window (from the alias move to 8 s after) <= 1.2 x B99, both on the gateway's
+  account (each answer's time less the CPU run-queue waits of the gateway's event loop and of the
+  caller's meanwhile, as in ``test_reliability_freeze.py``: other work on the 2 shared cores
+  otherwise decides the figure; raw figures are printed too). An expected failure,
   with the figures, when the caller could not keep its schedule (CPU-starved test bed), or when the
   excess lies entirely within Triton's test load of the version (outside it p99 <= 1.2 x B99): the
   test bed's Triton (Python backend, 2 shared cores) holds requests to every model that arrive as
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -63,6 +67,7 @@ from deploy.triton import MODEL_PY, python_backend_repository
 from services.inference.tests.integration.conftest import make_topics, v2_body
 from tests.fixtures.triton import TritonServer
 from tests.reliability.processes import gateway_process, wait_for
+from tests.reliability.test_reliability_freeze import CpuWait
 
 pytestmark = pytest.mark.integration
 
@@ -179,6 +184,8 @@ class PacedLoad:
     answers: list[Answer] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     skipped: list[float] = field(default_factory=list)
+    native_id: int = 0
+    """The OS thread id of the client's event loop (for its run-queue time)."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -197,6 +204,7 @@ class PacedLoad:
             self.answers.append(answer)
 
     async def _main(self) -> None:
+        self.native_id = threading.get_native_id()
         body = json.dumps(v2_body([[1.0, 2.0, 3.0, 4.0]])).encode()
         tasks: set[asyncio.Task[None]] = set()
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -237,8 +245,11 @@ class PacedLoad:
             self._thread.join(60)
 
 
-def p99(answers: list[Answer]) -> float:
-    times = sorted(a.seconds for a in answers)
+def p99(answers: list[Answer], cpu: CpuWait | None = None) -> float:
+    """The answers' p99; with ``cpu``, of their times less the CPU run-queue waits of the gateway's
+    event loop and the caller's meanwhile (on the gateway's account, as in ``test_reliability_freeze.py``)."""
+    times = sorted(a.seconds if cpu is None else max(0.0, a.seconds - cpu.waited(a.started, a.started + a.seconds))
+                   for a in answers)
     return times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
@@ -253,6 +264,7 @@ def upload(registry_url: str, headers: dict[str, str], data: bytes) -> int:
 
 @dataclass
 class Stack:
+    gateway_pid: int
     registry_url: str
     gateway_url: str
     proxy: LoadProxy
@@ -298,7 +310,9 @@ def stack(triton: TritonServer, kafka_bootstrap: str, redis_url: str,
                                   rollout_topic=rollout_topic, INFERENCE_TRITON_HTTP_URL=triton.http_url,
                                   INFERENCE_BACKEND_TIMEOUT_S="5", INFERENCE_CANARY_ANALYSIS="false")
         gateway.start()
-        s = Stack(registry_url, gateway.ready_url.rsplit("/", 1)[0], proxy, triton, data / "triton", headers)
+        assert gateway.process is not None
+        s = Stack(gateway.process.pid, registry_url, gateway.ready_url.rsplit("/", 1)[0], proxy, triton,
+                  data / "triton", headers)
         body = v2_body([[1.0, 2.0, 3.0, 4.0]])
         wait_for(lambda: httpx.post(f"{s.gateway_url}/v2/models/{MODEL}/infer", json=body, timeout=10)
                  .headers.get("x-tributary-model-version") == "1", "the gateway serving v1 from the rollout topic", 60)
@@ -322,9 +336,12 @@ def _canary_refused(stack: Stack, version: int, expect: str) -> None:
     """Move the canary to ``version`` (its repository copy spoiled by the caller) under traffic; check G2."""
     metrics_before = httpx.get(f"{stack.gateway_url}/metrics", timeout=10).text
     load = PacedLoad(stack.gateway_url).start()
+    cpu: CpuWait | None = None
     try:
         t0 = time.monotonic()
         wait_for(lambda: len(load.between(t0, time.monotonic())) >= 20, "the first answers of the paced load", 30)
+        cpu = CpuWait([Path(f"/proc/{stack.gateway_pid}/task/{stack.gateway_pid}/schedstat"),
+                       Path(f"/proc/{os.getpid()}/task/{load.native_id}/schedstat")]).start()
         base_start = time.monotonic()
         time.sleep(WINDOW_S)  # the baseline window: traffic only, no condition to wait for
         fault_start = time.monotonic()
@@ -338,7 +355,10 @@ def _canary_refused(stack: Stack, version: int, expect: str) -> None:
         fault_end = time.monotonic()
     finally:
         load.stop()
+        if cpu is not None:
+            cpu.stop()
     assert not load.failures, load.failures[:5]
+    assert cpu is not None
 
     # The registry: 409 promotion_failed, the version marked failed with Triton's reason, the alias moved back.
     assert moved.status_code == 409 and moved.json()["code"] == "promotion_failed", moved.text
@@ -383,38 +403,41 @@ def _canary_refused(stack: Stack, version: int, expect: str) -> None:
     skipped = (_metric(metrics_after, "inference_canary_skipped_total", 'alias="canary"')
                - _metric(metrics_before, "inference_canary_skipped_total", 'alias="canary"'))
     b99, f99 = p99(baseline), p99(fault)
+    own_b99, own_f99 = p99(baseline, cpu), p99(fault, cpu)
     slots = len(baseline) + len(fault) + load.skipped_between(base_start, fault_end)
     missed = load.skipped_between(base_start, fault_end)
     # Answers whose request overlapped Triton's test load of the version, and the rest of the window.
     during = [a for a in fault if a.started < test_load.ended and a.started + a.seconds > test_load.started]
     outside = [a for a in fault if a not in during]
     held = [a for a in during if a.seconds >= 0.5 * (test_load.ended - test_load.started)]
-    o99 = p99(outside) if outside else 0.0
+    own_o99 = p99(outside, cpu) if outside else 0.0
     print(f"G2 {expect!r}: B99 {b99 * 1000:.1f} ms over {len(baseline)} answers; fault window p99 "
           f"{f99 * 1000:.1f} ms (x{f99 / b99:.2f}), max {max(a.seconds for a in fault) * 1000:.1f} ms over "
-          f"{len(fault)} answers; Triton's test load {test_load.ended - test_load.started:.2f} s: {len(during)} "
-          f"answers overlapped it, {len(held)} held for most of it; outside it p99 {o99 * 1000:.1f} ms "
-          f"(x{o99 / b99:.2f}) over {len(outside)}; alias move answered in {move_s:.2f} s; canary requests sent "
-          f"to the champion {skipped:.0f}; client slots skipped {missed} of {slots}")
-    if f99 <= P99_RATIO * b99:
+          f"{len(fault)} answers; on the gateway's account (less CPU run-queue waits) B99 {own_b99 * 1000:.1f} ms, "
+          f"fault p99 {own_f99 * 1000:.1f} ms (x{own_f99 / own_b99:.2f}), outside Triton's "
+          f"{test_load.ended - test_load.started:.2f} s test load {own_o99 * 1000:.1f} ms "
+          f"(x{own_o99 / own_b99:.2f}); {len(during)} answers overlapped the load, {len(held)} held for most of it; "
+          f"alias move answered in {move_s:.2f} s; canary requests sent to the champion {skipped:.0f}; client "
+          f"slots skipped {missed} of {slots}")
+    if own_f99 <= P99_RATIO * own_b99:
         return
-    problem = (f"p99 over the fault window {f99 * 1000:.1f} ms > {P99_RATIO} x B99 {b99 * 1000:.1f} ms (slowest "
+    problem = (f"p99 over the fault window {own_f99 * 1000:.1f} ms > {P99_RATIO} x B99 {own_b99 * 1000:.1f} ms "
+               f"on the gateway's account (raw {f99 * 1000:.1f} ms and {b99 * 1000:.1f} ms; slowest "
                f"{max(a.seconds for a in fault) * 1000:.1f} ms)")
     if missed > 0.1 * slots:
         pytest.xfail(f"the caller could not keep its schedule ({missed} of {slots} slots skipped): the test "
                      f"bed is starved of CPU and the answer times were not judged; {problem}")
-    if o99 <= P99_RATIO * b99:
+    if own_o99 <= P99_RATIO * own_b99:
         # The excess is inside Triton's load itself: on the test bed's Triton (Python backend, 2 shared
         # cores) any model load holds requests to every model that arrive as it starts until it ends,
         # and the backend stub's start-up competes for the CPU (measured against Triton directly,
         # loading an unrelated model). The registry never reloads the serving model for a refused
         # version; that cost cannot be taken off the test bed's Triton.
         pytest.xfail(f"{problem}; all of it within Triton's {test_load.ended - test_load.started:.2f} s test "
-                     f"load of v{version} ({len(held)} requests held for most of it, the test bed's Triton holds "
-                     f"requests arriving as any model load starts); outside the load p99 {o99 * 1000:.1f} ms <= "
-                     f"{P99_RATIO} x B99")
-    pytest.fail(f"{problem}; outside Triton's test load too: p99 {o99 * 1000:.1f} ms", pytrace=False)
-
+                     f"load of v{version} ({len(held)} requests held for most of it: the test bed's Triton holds "
+                     f"requests arriving as any model load starts); outside the load p99 {own_o99 * 1000:.1f} ms "
+                     f"<= {P99_RATIO} x B99")
+    pytest.fail(f"{problem}; outside Triton's test load too: p99 {own_o99 * 1000:.1f} ms", pytrace=False)
 
 def test_a_truncated_canary_is_refused_by_triton_and_never_served(stack: Stack) -> None:
     version = stack.upload(linear_onnx(4, seed=2))
