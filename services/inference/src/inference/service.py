@@ -286,7 +286,7 @@ class InferenceService:
             raise ModelNotFound(f"model {request.model!r} has no champion version yet; point its champion alias "
                                 "at a version")
         if (choice[1] == "canary" and self.gate is not None and route.champion is not None
-                and not self.gate.ready(request.model, choice[0])):
+                and choice[0] != route.champion and not self.gate.ready(request.model, choice[0])):
             # Triton does not report the canary ready (not loaded yet, or its load refused): its share
             # goes to the champion rather than to the fallback or a 503.
             self._skipped(request.model, "canary")
