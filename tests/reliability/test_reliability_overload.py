@@ -14,7 +14,7 @@ queue's room, goes through the gateway. Pass criteria (plan G4, the shedding par
   gateway stays ready.
 
 The plan's throughput part (offer 3x the sustainable rate for 60 s: goodput >= 0.8 of it, admitted
-p99 within twice the baseline's) is a benchmark on a quiet machine, not a CI test.
+p99 within twice the baseline's) is ``test_reliability_overload_throughput.py``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,459 @@
+"""G4 overload shedding, the throughput part: three times the sustainable rate for 60 s.
+
+Setup (plan G4): the registry's :class:`~registry.triton_repo.TritonRepository` writes the model
+with a bounded Triton queue (``max_queue_size`` :data:`MAX_QUEUE_SIZE`) and a queue timeout
+(``default_timeout_microseconds`` :data:`QUEUE_TIMEOUT_US`, ``timeout_action: REJECT``); a Triton of
+the test's own loads it; the gateway calls it over HTTP with a concurrency limit
+(``INFERENCE_MAX_INFLIGHT`` :data:`MAX_INFLIGHT`). An open-loop client (:class:`CheapPacedLoad`:
+one-row requests on a fixed schedule, a slow answer never delays the next request) measures
+
+- B99: the p99 answer time at a light load (:data:`BASELINE_RATE` req/s);
+- T: the highest offered rate answered with p99 <= 2 x B99 and at most 1% refused, sent on
+  schedule, from a bounded search (doubling from :data:`FIRST_RATE`, then two bisections;
+  :data:`STEP_S` s a step, a step that misses is offered once more before it counts).
+
+Fault: 3T offered for :data:`OVERLOAD_S` s (``TRIBUTARY_G4_SECONDS`` shortens it for local work).
+Pass criteria (plan G4):
+
+- every answer is 200, or 429/503 with ``Retry-After``; no transport error; some were refused (the
+  overload took effect);
+- the gateway and Triton are alive afterwards and serve a request within 30 s; the gateway's RSS
+  grows by less than 50 MiB and Triton's by less than 100 MiB (nothing queues without bound,
+  nothing is near an OOM kill);
+- admitted requests (200) have p99 <= 2 x B99;
+- goodput (200s a second over the overload) >= 0.8 T;
+- refusals are fast: the p99 of the 429/503 answer times is within 50 ms. The p99 rather than
+  every refusal: the client, the gateway and Triton share two cores, and a single answer can wait
+  for a CPU behind the client's own bursts; the slowest is reported.
+
+The three timing criteria are judged last, on the raw answer times. The client, the gateway and
+Triton share the test bed's two cores with whatever else runs there, and every step reports how
+much of its time the gateway's event loop and the client's ran and waited for a CPU (schedstat).
+A missed timing criterion is an expected failure with the figures, not a pass, when the test bed
+was starved: the gateway's event loop waited for a CPU :data:`STARVED_SHARE` or more of the
+overload's time, or the client skipped more than a tenth of its send slots (it skips those it is
+more than 50 ms late for). Otherwise the test fails. The same holds for the setup: requests
+refused at the baseline's light load, or no sustainable rate at all, are an expected failure on a
+starved test bed and a failure otherwise. A rate the client cannot keep is not counted as
+sustainable in the search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+import aiohttp
+import httpx
+import pytest
+from registry.domain import Signature
+from registry.triton_repo import TritonRepository
+from schemas.registry import TensorSpec
+
+from services.inference.tests.integration.conftest import MODEL, make_topics, v2_body
+from services.inference.tests.onnx_models import WEIGHTS, logistic_onnx
+from tests.fixtures.triton import TritonServer, add_model
+from tests.reliability.processes import gateway_process, port_of, rss_mb, wait_for
+from tests.reliability.test_reliability_freeze import Answer, PacedLoad, _judge_answer_times
+
+pytestmark = pytest.mark.integration
+
+SIGNATURE = Signature(inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 4])],
+                      outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 1])])
+MAX_BATCH_SIZE = 64
+QUEUE_DELAY_US = 100
+"""The registry's defaults for a batchable model."""
+MAX_INFLIGHT = 8
+"""The gateway's concurrency limit. At T (a few hundred req/s of answers in 2-3 ms) about one request
+is in flight; 8 absorbs bursts while bounding the wait of an admitted request to a few service times.
+With 32, one run's admitted requests had a p99 of 423 ms at 3T against a B99 of 6.6 ms."""
+MAX_QUEUE_SIZE = 8
+"""Requests that may wait in Triton's queue for the model; beyond it Triton refuses at once (429). One gateway
+with :data:`MAX_INFLIGHT` 8 rarely fills it (the bound is for several replicas); the queue timeout bounds the wait."""
+QUEUE_TIMEOUT_US = 500_000
+"""Longest wait in Triton's queue before it refuses the request (429): a backstop at a quarter of the gateway's
+2 s deadline; the concurrency limit and the queue bound keep the waits short. Not tighter because of the test
+bed's CPU Triton (Python backend, nvidia-pytriton 0.7.0): with 5 ms it refused every request after about 260 ms
+even at 20 req/s; with 20 ms, once the first requests had timed out under load, it went on refusing every
+request, each after about 500 ms (its batcher's idle wait), for the rest of the run, at 250 req/s too (2 runs
+of 4). Triton rejects a timed-out request only when its batcher wakes up (server#7512, core#333)."""
+BASELINE_RATE = 50.0
+"""Requests a second at which B99 is measured (light load; 400 answers)."""
+BASELINE_S = 8.0
+FIRST_RATE = 100.0
+"""First rate of the search for T; it doubles while sustainable, up to :data:`MAX_RATE`."""
+MAX_RATE = 3200.0
+STEP_S = 5.0
+"""Length of one step of the search (after :data:`WARMUP_S`, not counted)."""
+WARMUP_S = 1.0
+"""Opening each step's connections; answers started in it are not counted."""
+OVERLOAD_FACTOR = 3.0
+OVERLOAD_S = float(os.environ.get("TRIBUTARY_G4_SECONDS", "60"))
+"""The plan's 60 s of 3T."""
+GOODPUT_SHARE = 0.8
+REFUSED_WITHIN_S = 0.05
+GATEWAY_RSS_GROWTH_MIB = 50.0
+TRITON_RSS_GROWTH_MIB = 100.0
+STARVED_SHARE = 0.2
+"""Share of a step's time the gateway's event loop waited for a CPU from which the test bed counts as starved (a
+missed timing criterion is then an expected failure with the figures)."""
+
+
+@dataclass
+class CheapPacedLoad(PacedLoad):
+    """:class:`PacedLoad`'s schedule, and its records, sent with aiohttp instead of httpx.
+
+    At 3T the client's own CPU decides whether the offered load is really offered: on two shared
+    cores httpx's async client costs about 4 ms of CPU a request, aiohttp's about 0.25 ms (measured
+    for ``bench/load.py``). Slots more than 50 ms late are skipped and counted, as in
+    :class:`PacedLoad`; ``lags`` holds how late each request was sent against its slot.
+    """
+
+    lags: list[float] = field(default_factory=list)
+
+    async def _send(self, session: aiohttp.ClientSession, body: bytes) -> None:
+        t0 = time.monotonic()
+        try:
+            async with session.post(f"{self.url}/v2/models/{MODEL}/infer", data=body,
+                                    headers={"content-type": "application/json"}) as r:
+                text = await r.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.failures.append(f"{type(exc).__name__}: {exc}")
+            return
+        answer = Answer(t0, time.monotonic() - t0, r.status, r.headers.get("retry-after"), text[:300],
+                        r.headers.get("x-tributary-backend"))
+        with self._lock:
+            self.answers.append(answer)
+
+    async def _main(self) -> None:
+        self.native_id = threading.get_native_id()
+        body = json.dumps(v2_body([[1.0, 2.0, 3.0, 4.0]])).encode()
+        tasks: set[asyncio.Task[None]] = set()
+        # The client timeout is far above anything the gateway may take: a hang shows as a long answer.
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
+                                         connector=aiohttp.TCPConnector(limit=1024)) as session:
+            start, n = time.monotonic(), 0
+            while not self._stop.is_set():
+                slot = start + n / self.rate
+                behind = time.monotonic() - slot
+                if behind > 0.05:
+                    missed = int(behind * self.rate)
+                    self.skipped += missed
+                    n += missed
+                    continue
+                if behind < 0:
+                    await asyncio.sleep(-behind)
+                self.lags.append(time.monotonic() - slot)
+                task = asyncio.create_task(self._send(session, body))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                n += 1
+            if tasks:
+                await asyncio.wait(tasks)
+
+
+_NUMBERS = re.compile(r"\b[0-9a-f-]*[0-9][0-9a-f.-]*\b")
+
+
+def _bodies(answers: list[Answer]) -> dict[str, int]:
+    """How many answers had each status and body (numbers left out), for failure messages."""
+    counts: dict[str, int] = {}
+    for a in answers:
+        key = f"{a.status} {_NUMBERS.sub('#', a.body)[:160]}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+@dataclass
+class Rss:
+    """Samples the resident memory of some processes every 0.5 s (only that: the client's process is the
+    load generator, and :class:`~tests.reliability.test_reliability_freeze.Usage` also reads the socket
+    tables every 0.1 s, a cost that grows with the client's connections)."""
+
+    pids: dict[str, int]
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while True:
+            for name, pid in self.pids.items():
+                try:
+                    self.samples.setdefault(name, []).append(rss_mb(pid))
+                except (FileNotFoundError, ProcessLookupError, RuntimeError):   # gone: the test says so
+                    return
+            if self._stop.wait(0.5):
+                return
+
+    def start(self) -> Rss:
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def growth(self) -> dict[str, float]:
+        """MiB from the first sample to the highest, by process."""
+        return {name: round(max(s) - s[0], 1) for name, s in self.samples.items()}
+
+
+def _kinds(refused: list[Answer]) -> str:
+    """The refusals by who refused (the gateway's limit, Triton's full queue, Triton's queue timeout): count, p99."""
+    kinds = {"limit": "requests in flight", "queue full": "is full", "queue timeout": "past its queue timeout"}
+    out = []
+    for kind, words in kinds.items():
+        times = [a.seconds for a in refused if words in a.body]
+        if times:
+            out.append(f"{kind} {len(times)} (p99 {_pct(times, 0.99) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms)")
+    other = len([a for a in refused if not any(words in a.body for words in kinds.values())])
+    return ", ".join(out + ([f"other {other}"] if other else [])) or "none"
+
+
+def _schedstat(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """Seconds thread ``tid`` of ``pid`` (default: its main thread) has run, and has waited for a CPU."""
+    run, wait = Path(f"/proc/{pid}/task/{tid or pid}/schedstat").read_text().split()[:2]
+    return int(run) / 1e9, int(wait) / 1e9
+
+
+def _shares(before: tuple[float, float], after: tuple[float, float], elapsed: float) -> tuple[float, float]:
+    return (after[0] - before[0]) / elapsed, (after[1] - before[1]) / elapsed
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+@dataclass
+class Step:
+    """A stretch of open-loop load at ``rate`` req/s: the answers started in its counted window."""
+
+    rate: float
+    seconds: float
+    answers: list[Answer]
+    skipped: int
+    slots: int
+    failures: list[str]
+    lags: list[float]
+    """How late each request of the whole step was sent against its slot (s)."""
+    gateway_loop: tuple[float, float]
+    """Shares of the step's time the gateway's event loop ran and waited for a CPU (schedstat)."""
+    client_loop: tuple[float, float]
+    """The same for the client's event loop."""
+    load: CheapPacedLoad
+
+    @property
+    def served(self) -> list[Answer]:
+        return [a for a in self.answers if a.status == 200]
+
+    @property
+    def refused(self) -> list[Answer]:
+        return [a for a in self.answers if a.status != 200]
+
+    @property
+    def p99(self) -> float:
+        return _pct([a.seconds for a in self.answers], 0.99) if self.answers else float("inf")
+
+    def __str__(self) -> str:
+        statuses: dict[int, int] = {}
+        for a in self.answers:
+            statuses[a.status] = statuses.get(a.status, 0) + 1
+        return (f"{self.rate:.0f} req/s: {len(self.answers)} answers {dict(sorted(statuses.items()))}, "
+                f"p50 {_pct([a.seconds for a in self.answers], 0.5) * 1000:.1f} ms, p99 {self.p99 * 1000:.1f} ms, "
+                f"client skipped {self.skipped} of {self.slots} slots, sent late by p99 "
+                f"{_pct(self.lags, 0.99) * 1000:.1f} ms; the gateway's loop ran {self.gateway_loop[0]:.0%} and "
+                f"waited for a CPU {self.gateway_loop[1]:.0%} of the time, the client's {self.client_loop[0]:.0%} "
+                f"and {self.client_loop[1]:.0%}"
+                + (f", {len(self.failures)} failures {self.failures[:2]}" if self.failures else ""))
+
+
+def _offer(url: str, gateway_pid: int, rate: float, seconds: float, *, before: float = WARMUP_S) -> Step:
+    """Offer ``rate`` req/s for ``before`` + ``seconds``; the step counts the answers started after ``before``."""
+    load = CheapPacedLoad(url, rate=rate).start()
+    try:
+        wait_for(lambda: load.native_id, "the load's event loop", 10)
+        start = time.monotonic() + before
+        end = start + seconds
+        read, gateway, client = time.monotonic(), _schedstat(gateway_pid), _schedstat(os.getpid(), load.native_id)
+        wait_for(lambda: time.monotonic() >= end, f"{seconds:.0f} s of load at {rate:.0f} req/s", seconds + 30)
+        gateway_now, client_now, elapsed = (_schedstat(gateway_pid), _schedstat(os.getpid(), load.native_id),
+                                            time.monotonic() - read)
+    finally:
+        load.stop()
+    counted = [a for a in load.answers if start <= a.started < end]
+    return Step(rate, seconds, counted, load.skipped, len(load.answers) + len(load.failures) + load.skipped,
+                list(load.failures), load.lags, _shares(gateway, gateway_now, elapsed),
+                _shares(client, client_now, elapsed), load)
+
+
+def _sustainable(step: Step, b99: float) -> bool:
+    """p99 <= 2 x B99, at most 1% refused, and the client kept its schedule (so the rate was really offered)."""
+    return (not step.failures and len(step.refused) <= 0.01 * len(step.answers) and step.skipped == 0
+            and step.p99 <= 2 * b99 and len(step.answers) >= 0.9 * step.rate * step.seconds)
+
+
+def _search(url: str, gateway_pid: int, b99: float) -> tuple[float, list[Step]]:
+    """T: the highest sustainable rate, by doubling from FIRST_RATE (halving while even that is not), then bisecting
+    twice. A step that is not sustainable is offered once more before it counts (a stall of the shared cores
+    during one step is not the gateway's capacity)."""
+    steps: list[Step] = []
+
+    def sustainable(rate: float) -> bool:
+        for _ in range(2):
+            steps.append(_offer(url, gateway_pid, rate, STEP_S))
+            if _sustainable(steps[-1], b99):
+                return True
+        return False
+
+    good, bad, rate = 0.0, 0.0, FIRST_RATE
+    while rate <= MAX_RATE and sustainable(rate):
+        good, rate = rate, rate * 2
+    bad = rate
+    while good == 0 and rate > FIRST_RATE / 4:
+        rate /= 2
+        if sustainable(rate):
+            good = rate
+        else:
+            bad = rate
+    if good and bad > good:
+        for _ in range(2):
+            rate = round((good + bad) / 2)
+            if sustainable(rate):
+                good = rate
+            else:
+                bad = rate
+    return good, steps
+
+
+def _starved_or_fail(step: Step, problem: str) -> NoReturn:
+    """An expected failure when the test bed starved the gateway or the client during ``step``, else a failure."""
+    if step.gateway_loop[1] >= STARVED_SHARE or step.skipped > 0.1 * step.slots:
+        pytest.xfail(f"the test bed is starved of CPU (the gateway's event loop waited for a CPU "
+                     f"{step.gateway_loop[1]:.0%} of the time, the client skipped {step.skipped} of {step.slots} "
+                     f"slots): {problem}")
+    pytest.fail(problem, pytrace=False)
+
+
+def _misses(*, admitted_p99: float, b99: float, goodput: float, t: float, refused_p99: float) -> list[str]:
+    """The timing criteria missed (plan G4)."""
+    misses = []
+    if admitted_p99 > 2 * b99:
+        misses.append(f"admitted p99 {admitted_p99 * 1000:.1f} ms > 2 x B99 = {2 * b99 * 1000:.1f} ms")
+    if goodput < GOODPUT_SHARE * t:
+        misses.append(f"goodput {goodput:.0f}/s < {GOODPUT_SHARE} T = {GOODPUT_SHARE * t:.0f}/s")
+    if refused_p99 > REFUSED_WITHIN_S:
+        misses.append(f"refusals' p99 {refused_p99 * 1000:.1f} ms > {REFUSED_WITHIN_S * 1000:.0f} ms")
+    return misses
+
+
+def test_three_times_the_sustainable_rate_is_shed_fast_and_goodput_holds(
+        private_triton: TritonServer, kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> None:
+    began = time.monotonic()
+    repo = TritonRepository(tmp_path / "registry-repo", max_batch_size=MAX_BATCH_SIZE,
+                            max_queue_delay_us=QUEUE_DELAY_US, max_queue_size=MAX_QUEUE_SIZE,
+                            queue_timeout_us=QUEUE_TIMEOUT_US)
+    repo.write_version(MODEL, 1, io.BytesIO(logistic_onnx(*WEIGHTS[1])))
+    config = repo.write_config(MODEL, SIGNATURE, versions=[1]).read_text()
+    assert f"max_queue_size: {MAX_QUEUE_SIZE}" in config, config
+    assert f"default_timeout_microseconds: {QUEUE_TIMEOUT_US}" in config, config
+    add_model(private_triton, repo.root, MODEL, versions=[1])
+
+    rollout_topic = f"test.rollout.{uuid.uuid4().hex[:8]}"
+    make_topics(kafka_bootstrap, rollout_topic)
+    gateway = gateway_process(private_triton.grpc_url, kafka_bootstrap, redis_url, repo.root, tmp_path,
+                              rollout_topic=rollout_topic, INFERENCE_TRITON_HTTP_URL=private_triton.http_url,
+                              INFERENCE_MAX_INFLIGHT=str(MAX_INFLIGHT))
+    gateway.start()
+    assert gateway.process is not None and private_triton.process is not None
+    url = f"http://127.0.0.1:{port_of(gateway)}"
+    gateway_pid, triton_pid = gateway.process.pid, private_triton.process.pid
+    one_row = v2_body([[1.0, 2.0, 3.0, 4.0]])
+    try:
+        r = httpx.put(f"{url}/v1/rollout/{MODEL}", json={"alias": "champion", "version": 1, "reason": "G4"},
+                      timeout=10)
+        assert r.status_code == 200, r.text
+        wait_for(lambda: httpx.post(f"{url}/v2/models/{MODEL}/infer", json=one_row, timeout=10).status_code == 200,
+                 "the gateway serving the model", 30)
+
+        baseline = _offer(url, gateway_pid, BASELINE_RATE, BASELINE_S, before=2.0)
+        if baseline.failures or baseline.refused:   # once more: a stall of the shared cores is not the baseline
+            baseline = _offer(url, gateway_pid, BASELINE_RATE, BASELINE_S)
+        assert not baseline.failures, baseline
+        if baseline.refused:
+            _starved_or_fail(baseline, f"requests refused at the light load of the baseline: {baseline}: "
+                                       f"{_bodies(baseline.refused)}")
+        b99 = baseline.p99
+        t, steps = _search(url, gateway_pid, b99)
+        search = "; ".join(str(s) for s in steps)
+        print(f"G4 baseline {baseline}\nG4 B99 {b99 * 1000:.1f} ms, T {t:.0f} req/s; search: {search}")
+        if not t:
+            _starved_or_fail(steps[-1], f"no rate was sustainable (p99 <= 2 x B99 = {2 * b99 * 1000:.1f} ms, at most "
+                                        f"1% refused): {search}")
+
+        rss = Rss({"gateway": gateway_pid, "triton": triton_pid}).start()
+        try:
+            overload = _offer(url, gateway_pid, OVERLOAD_FACTOR * t, OVERLOAD_S)
+        finally:
+            rss.stop()
+        alive = gateway.process.poll() is None and private_triton.process.poll() is None
+        ended, served_again = time.monotonic(), None
+        while served_again is None and time.monotonic() < ended + 30:
+            if httpx.post(f"{url}/v2/models/{MODEL}/infer", json=one_row, timeout=10).status_code == 200:
+                served_again = time.monotonic() - ended
+            else:
+                time.sleep(0.1)
+        shed = [line for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+                if line.startswith("inference_shed_total{")]
+    finally:
+        gateway.stop()
+
+    served, refused = overload.served, overload.refused
+    goodput = len(served) / OVERLOAD_S
+    admitted_p99 = _pct([a.seconds for a in served], 0.99)
+    refused_times = [a.seconds for a in refused]
+    busy, waiting = overload.gateway_loop
+    growth = rss.growth()
+    figures = (
+        f"T {t:.0f} req/s, B99 {b99 * 1000:.1f} ms; offered {overload.rate:.0f} req/s for {OVERLOAD_S:.0f} s: "
+        f"{overload}; goodput {goodput:.0f}/s = {goodput / t:.2f} T; admitted p99 {admitted_p99 * 1000:.1f} ms "
+        f"(2 x B99 = {2 * b99 * 1000:.1f} ms); {len(refused)} refused: p50 {_pct(refused_times, 0.5) * 1000:.1f} "
+        f"ms, p99 {_pct(refused_times, 0.99) * 1000:.1f} ms, max {max(refused_times, default=0) * 1000:.1f} ms "
+        f"({_kinds(refused)}); "
+        f"RSS growth (MiB, from the start to the highest) {growth}; {shed}; a 200 again "
+        f"{'never' if served_again is None else f'{served_again:.1f} s'} after the overload")
+    print(f"G4 {figures}; test {time.monotonic() - began:.0f} s")
+
+    assert overload.failures == [], overload.failures[:5]
+    assert {a.status for a in overload.answers} <= {200, 429, 503}, _bodies(refused)
+    assert all(a.retry_after == "1" for a in refused), _bodies([a for a in refused if a.retry_after != "1"])
+    assert refused, f"nothing was refused at {OVERLOAD_FACTOR:.0f}T: {overload}"
+    assert alive, "the gateway or Triton died under the overload"
+    assert served_again is not None, f"no 200 within 30 s after the overload; Triton's log:\n{private_triton.tail()}"
+    assert growth["gateway"] < GATEWAY_RSS_GROWTH_MIB, growth
+    assert growth["triton"] < TRITON_RSS_GROWTH_MIB, growth
+
+    misses = _misses(admitted_p99=admitted_p99, b99=b99, goodput=goodput, t=t,
+                     refused_p99=_pct(refused_times, 0.99))
+    if not misses:
+        return
+    # The client, the gateway and Triton share two cores (with whatever else runs there): when the
+    # gateway's event loop waited for a CPU for a good part of the time, or the client could not keep its
+    # schedule, the times measure the test bed; an expected failure with the figures, not a pass.
+    if waiting >= STARVED_SHARE:
+        pytest.xfail(f"the test bed starved the gateway of CPU (its event loop waited for a CPU {waiting:.0%} of "
+                     f"the time and ran {busy:.0%}): {'; '.join(misses)}; {figures}")
+    _judge_answer_times(f"{'; '.join(misses)}; {figures}", overload.load)  # expected failure if the client starved
