@@ -106,7 +106,7 @@ def create_app(settings: Settings) -> FastAPI:
                                           queue_size=settings.prediction_queue_size)
         try:
             rollout = RolloutState(redis, prefix=settings.redis_prefix, publish=publish_rollouts)
-            gate = VersionGate(triton, timeout_s=settings.backend_timeout_s)
+            gate = VersionGate(triton, timeout_s=settings.backend_timeout_s, failures_to_trip=settings.canary_failures)
             rollout.on_table = gate.on_table
             await asyncio.wait_for(rollout.refresh(), settings.startup_timeout_s)
             stats = CanaryStats()
@@ -122,7 +122,8 @@ def create_app(settings: Settings) -> FastAPI:
                 stats=stats, labels=labels, store=store, timeout_s=settings.backend_timeout_s,
                 max_inflight=settings.max_inflight, compare_canary=settings.compare_canary,
                 model_features=settings.model_features, model_datasets=settings.model_datasets,
-                contracts=contracts, gate=gate, tracer=tracer,
+                contracts=contracts, gate=gate, retry_canary_on_champion=settings.canary_retry_on_champion,
+                tracer=tracer,
                 breaker=CircuitBreaker(triton.name, failures=settings.breaker_failures,
                                        cooldown_s=settings.breaker_cooldown_s,
                                        probe_timeout_s=2 * settings.backend_timeout_s + 1))
@@ -138,7 +139,9 @@ def create_app(settings: Settings) -> FastAPI:
                 writer = LocalAliases(rollout, origin="analysis")
             writers.append(writer)
             analyzer = CanaryAnalyzer(rollout, stats, policy_of(settings), publish=publish_decision,
-                                      interval_s=settings.canary_interval_s, writer=writer)
+                                      interval_s=settings.canary_interval_s, writer=writer, failing=gate.failing)
+            gate.synthetic = service.probe_version
+            gate.on_failing = lambda model, version, why: analyzer.wake()
             predictions.start()
             mirror.start()
             spawn(rollout.run(settings.rollout_refresh_s, stop), "inference-rollout-refresh")

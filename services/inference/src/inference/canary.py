@@ -94,12 +94,14 @@ class Verdict:
 
 
 def decide(policy: Policy, *, weight: float, champion: Window, canary: Window, divergence: float | None,
-           compared: int) -> Verdict:
+           compared: int, failing: str | None = None) -> Verdict:
     """Hold, step, promote or roll back a canary at ``weight`` on the evidence of one window.
 
     Bad evidence rolls back as soon as there is a little of it (``min_requests_rollback``
-    canary requests for errors, ``min_compared`` comparisons for divergence); moving forward
-    needs ``min_requests`` canary requests with nothing wrong.
+    canary requests for errors, ``min_compared`` comparisons for divergence), and at once when
+    the gateway marked the canary ``failing`` (its calls failed in a row; see
+    :mod:`inference.readiness`); moving forward needs ``min_requests`` canary requests with
+    nothing wrong.
 
     >>> p = Policy(min_requests=100, min_requests_rollback=20)
     >>> ok = Window(1, requests=900, errors=0, p99_ms=4.0)
@@ -112,8 +114,13 @@ def decide(policy: Policy, *, weight: float, champion: Window, canary: Window, d
     >>> decide(p, weight=1.0, champion=ok, canary=Window(2, requests=100, p99_ms=4.0), divergence=None,
     ...        compared=0).action
     'promote'
+    >>> decide(p, weight=0.25, champion=ok, canary=Window(2, requests=5, errors=5), divergence=None,
+    ...        compared=0, failing="5 calls in a row failed").reasons
+    ('the gateway stopped routing to the canary: 5 calls in a row failed',)
     """
     problems: list[str] = []
+    if failing is not None:
+        problems.append(f"the gateway stopped routing to the canary: {failing}")
     if (canary.requests >= policy.min_requests_rollback
             and canary.error_rate > champion.error_rate + policy.max_error_rate_increase):
         problems.append(f"canary error rate {canary.error_rate:.2%} exceeds the champion's "
@@ -287,7 +294,8 @@ class CanaryAnalyzer:
     """
 
     def __init__(self, rollout: RolloutState, stats: CanaryStats, policy: Policy, *, publish: PublishDecision,
-                 interval_s: float, writer: AliasWriter | None = None, settle_s: float = 60.0) -> None:
+                 interval_s: float, writer: AliasWriter | None = None, settle_s: float = 60.0,
+                 failing: Callable[[str, int], str | None] | None = None) -> None:
         self.rollout = rollout
         self.stats = stats
         self.policy = policy
@@ -301,18 +309,34 @@ class CanaryAnalyzer:
         """Decisions whose changes are not yet in the rollout, by model."""
         self.decisions: list[CanaryDecidedV1] = []
         """Every decision this replica made (most recent last; bounded)."""
+        self._failing = failing
+        """Why the gateway marked a canary version failing, or None (``VersionGate.failing``)."""
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Analyse now rather than at the end of the interval (a canary was marked failing)."""
+        self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Analyse every ``interval_s`` until ``stop``."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+                await asyncio.wait_for(self._woken_or(stop), self.interval_s)
+            self._wake.clear()
             if stop.is_set():
                 return
             try:
                 await self.analyse_all()
             except (RedisError, OSError, InferenceError) as exc:
                 log.warning("canary analysis skipped", extra={"error": str(exc)})
+
+    async def _woken_or(self, stop: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def analyse_all(self) -> list[CanaryDecidedV1]:
         """One round over every model; the decisions published."""
@@ -339,8 +363,9 @@ class CanaryAnalyzer:
         champion = self.stats.window(model, route.champion)
         canary = self.stats.window(model, route.canary)
         divergence, compared = self.stats.divergence(model, route.canary)
+        failing = self._failing(model, route.canary) if self._failing is not None else None
         verdict = decide(self.policy, weight=route.canary_weight, champion=champion, canary=canary,
-                         divergence=divergence, compared=compared)
+                         divergence=divergence, compared=compared, failing=failing)
         if verdict.waiting:
             return None
         by = "inference/canary-analysis"

@@ -95,8 +95,25 @@ COALESCED = Histogram(
 CANARY_SKIPPED = Counter(
     "inference_canary_skipped_total",
     "Requests the canary would have answered, sent to the champion instead (alias=canary), and shadow mirrors not "
-    "made (alias=shadow), because Triton does not report the version ready (reason=not_ready), by model.",
+    "made (alias=shadow), because Triton does not report the version ready (reason=not_ready) or its calls failed "
+    "in a row (reason=failing), by model.",
     ["model", "alias", "reason"],
+)
+VERSION_FAILING = Gauge(
+    "inference_version_failing",
+    "1 while the model's canary or shadow version is skipped because its calls failed in a row "
+    "(INFERENCE_CANARY_FAILURES) although Triton reports it ready; cleared by a synthetic request it answers.",
+    ["model", "alias"],
+)
+VERSION_MARKED_FAILING = Counter(
+    "inference_version_marked_failing_total",
+    "Times a canary version was marked failing (its calls failed in a row although Triton reports it ready), by model.",
+    ["model"],
+)
+CANARY_RETRIED = Counter(
+    "inference_canary_retried_total",
+    "Requests the canary failed (Triton answered with an error) that the champion then answered, by model.",
+    ["model"],
 )
 VERSION_NOT_READY = Gauge(
     "inference_version_not_ready",

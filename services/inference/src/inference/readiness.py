@@ -17,6 +17,18 @@ not a verdict on one version.
 
 Model readiness is Triton's public health API: unlike the repository index, Triton's
 restricted ``model-repository`` API is not needed (only the registry holds its secret).
+
+Ready is not the same as working: a version can be loaded and ready and still fail every call
+(a healthy-but-broken backend). So the gate also counts, per gated version, the calls Triton
+answered with a failure (:meth:`VersionGate.failed`; an answer resets the count,
+:meth:`VersionGate.answered`). After ``failures_to_trip`` failures in a row the version is
+*failing*: routing treats it as not ready (canary share to the champion, no mirrors), the
+``on_failing`` hook tells the canary analysis (which rolls the canary back with that evidence),
+``inference_version_failing`` is 1 while it lasts and ``inference_version_marked_failing_total``
+counts it (the ``TributaryCanaryFailing`` alert: the rollback usually ends the mark within a
+second, far inside a scrape interval, so the alert reads the counter). While a version is
+failing, every background round sends it one synthetic request (``synthetic``: zeros of its
+input signature); the first one it answers clears the mark.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Literal, Protocol
 
 from inference import metrics
@@ -71,17 +83,72 @@ class VersionGate:
     Args:
         probe: Triton's health API.
         timeout_s: longest a round of checks may take (a frozen Triton keeps the last states).
+        failures_to_trip: failed calls in a row that make a gated version *failing*.
 
     """
 
-    def __init__(self, probe: ReadyProbe, *, timeout_s: float = 2.0) -> None:
+    def __init__(self, probe: ReadyProbe, *, timeout_s: float = 2.0, failures_to_trip: int = 5) -> None:
         self._probe = probe
         self.timeout_s = timeout_s
+        self.failures_to_trip = failures_to_trip
         self._ready: dict[tuple[str, int], bool] = {}
+        self._failures: dict[tuple[str, int], int] = {}
+        self._failing: dict[tuple[str, int], str] = {}
+        self.synthetic: Callable[[str, int], Awaitable[None]] | None = None
+        """Sends one synthetic request to a version (raises when it fails); set by the service."""
+        self.on_failing: Callable[[str, int, str], None] | None = None
+        """Called once when a version becomes failing (the canary analysis' wake-up)."""
 
     def ready(self, model: str, version: int) -> bool:
-        """Whether Triton last reported ``version`` of ``model`` ready (False when never checked)."""
-        return self._ready.get((model, version), False)
+        """Whether Triton last reported ``version`` of ``model`` ready and it is not failing (False: never checked)."""
+        key = (model, version)
+        return self._ready.get(key, False) and not (self._failing and key in self._failing)
+
+    def failing(self, model: str, version: int) -> str | None:
+        """Why ``version`` of ``model`` is failing (how many calls failed, the last failure), or None."""
+        return self._failing.get((model, version))
+
+    def answered(self, model: str, version: int) -> None:
+        """A call to a gated version was answered: its count of failures in a row starts again."""
+        if self._failures:
+            self._failures.pop((model, version), None)
+
+    def failed(self, model: str, version: int, reason: str) -> bool:
+        """A call to a gated version got a failure from Triton; True when this one made it failing."""
+        key = (model, version)
+        if key in self._failing:
+            return False
+        n = self._failures[key] = self._failures.get(key, 0) + 1
+        if n < self.failures_to_trip:
+            return False
+        del self._failures[key]
+        why = self._failing[key] = f"{n} calls in a row failed (last: {reason})"
+        metrics.VERSION_FAILING.labels(model, "canary").set(1)
+        metrics.VERSION_MARKED_FAILING.labels(model).inc()
+        log.warning("a canary version failed %d calls in a row; routing sends its share to the champion", n,
+                    extra={"model": model, "version": version, "error": reason})
+        if self.on_failing is not None:
+            try:
+                self.on_failing(model, version, why)
+            except Exception:
+                log.exception("the failing-version hook failed", extra={"model": model, "version": version})
+        return True
+
+    async def _retry_failing(self) -> None:
+        """One synthetic request to each failing version; the first it answers clears the mark."""
+        if self.synthetic is None:
+            return
+        for model, version in list(self._failing):
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await self.synthetic(model, version)
+            except Exception as exc:  # any failure keeps the mark
+                log.debug("failing version still fails its synthetic request",
+                          extra={"model": model, "version": version, "error": str(exc)})
+                continue
+            if self._failing.pop((model, version), None) is not None:
+                log.info("a failing version answered its synthetic request; routing to it again",
+                         extra={"model": model, "version": version})
 
     def not_ready(self, table: Mapping[str, ModelRoute]) -> list[tuple[str, int, GatedAlias]]:
         """The canary and shadow versions of ``table`` that routing skips now, with their alias."""
@@ -124,15 +191,20 @@ class VersionGate:
         gated = gated_versions(table)
         for key in [k for k in self._ready if k not in gated]:
             del self._ready[key]
+        for marks in (self._failures, self._failing):
+            for key in [k for k in marks if k not in gated]:
+                del marks[key]
         await self.check(k for k in gated if k not in self._ready)
         self._publish(table)
 
     def _publish(self, table: Mapping[str, ModelRoute]) -> None:
-        skipped = {(m, a) for m, _, a in self.not_ready(table)}
+        skipped = {(m, a) for m, v, a in self.not_ready(table) if (m, v) not in self._failing}
         for model, route in table.items():
             for alias, version in (("canary", route.canary), ("shadow", route.shadow)):
                 gated = version is not None and version != route.champion
                 metrics.VERSION_NOT_READY.labels(model, alias).set(1 if gated and (model, alias) in skipped else 0)
+                failing = gated and version is not None and (model, version) in self._failing
+                metrics.VERSION_FAILING.labels(model, alias).set(1 if failing else 0)
 
     async def run(self, tables: TableSource, interval_s: float, stop: asyncio.Event) -> None:
         """Re-check every gated version of the current table every ``interval_s`` until ``stop``."""
@@ -140,6 +212,7 @@ class VersionGate:
             table = tables.table
             try:
                 await self.check(gated_versions(table))
+                await self._retry_failing()
                 self._publish(table)
             except Exception:
                 log.exception("version readiness check failed; keeping the last states")

@@ -162,7 +162,10 @@ class InferenceService:
         breaker: the circuit breaker in front of ``backend``; default: 5 failures, 2 s cooldown.
         gate: which canary and shadow versions Triton reports ready (:mod:`inference.readiness`): the
             canary's share of a version not ready goes to the champion and its shadow mirrors are skipped;
-            None routes without looking.
+            None routes without looking. A canary call Triton answers with a failure counts against the
+            canary in the gate (after some in a row it is *failing*: treated as not ready).
+        retry_canary_on_champion: a canary call Triton answered with a failure is answered by the
+            champion (``inference_canary_retried_total``) instead of the caller getting 502.
         tracer: OpenTelemetry tracer.
         clock: monotonic seconds (tests).
 
@@ -173,7 +176,8 @@ class InferenceService:
                  timeout_s: float, max_inflight: int, compare_canary: bool = True,
                  model_features: dict[str, list[str]] | None = None, model_datasets: dict[str, str] | None = None,
                  contracts: ContractSource | None = None, breaker: CircuitBreaker | None = None,
-                 gate: VersionGate | None = None, tracer: trace.Tracer | None = None,
+                 gate: VersionGate | None = None, retry_canary_on_champion: bool = True,
+                 tracer: trace.Tracer | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rollout = rollout
         self.backend = backend
@@ -191,7 +195,8 @@ class InferenceService:
         self.contracts = contracts
         self.breaker = breaker or CircuitBreaker(backend.name, probe_timeout_s=2 * timeout_s + 1, clock=clock)
         self.gate = gate
-        self._skip_counters: dict[tuple[str, str], Any] = {}
+        self.retry_canary_on_champion = retry_canary_on_champion
+        self._skip_counters: dict[tuple[str, str, str], Any] = {}
         self._tracer = tracer or trace.get_tracer("inference")
         self._clock = clock
         self._signatures: dict[tuple[str, int], Signature] = {}
@@ -234,8 +239,22 @@ class InferenceService:
                 version, route_name = self._choose(route, request, request_id)
                 span.set_attributes({"inference.model": request.model, "inference.version": version,
                                      "inference.route": route_name})
-                outputs, backend = await self._serve(request.model, version, request.inputs, request.outputs,
-                                                     request_id)
+                try:
+                    outputs, backend = await self._serve(request.model, version, request.inputs, request.outputs,
+                                                         request_id)
+                except BackendFailed as exc:
+                    if route_name != "canary" or self.gate is None or route.champion is None:
+                        raise
+                    # Triton answered the canary with a failure: the canary's evidence, and the
+                    # champion answers the caller (a canary on trial must not cost callers errors).
+                    version, route_name = await self._canary_failed(request, route, version, exc, started)
+                    span.set_attributes({"inference.version": version, "inference.route": route_name,
+                                         "inference.canary_failed": True})
+                    outputs, backend = await self._serve(request.model, version, request.inputs,
+                                                         request.outputs, request_id)
+                else:
+                    if route_name == "canary" and self.gate is not None:
+                        self.gate.answered(request.model, version)
                 latency_ms = (time.perf_counter() - started) * 1000
                 result = InferResult(request.model, version, route_name, outputs, request_id, backend, latency_ms)
                 self.stats.record(request.model, version, latency_ms=latency_ms, ok=True)
@@ -287,17 +306,49 @@ class InferenceService:
                                 "at a version")
         if (choice[1] == "canary" and self.gate is not None and route.champion is not None
                 and choice[0] != route.champion and not self.gate.ready(request.model, choice[0])):
-            # Triton does not report the canary ready (not loaded yet, or its load refused): its share
-            # goes to the champion rather than to the fallback or a 503.
-            self._skipped(request.model, "canary")
+            # Triton does not report the canary ready (not loaded yet, or its load refused), or its
+            # calls keep failing: its share goes to the champion rather than to the fallback or a 503.
+            self._skipped(request.model, "canary", choice[0])
             return route.champion, "champion"
         return choice
 
-    def _skipped(self, model: str, alias: str) -> None:
-        counter = self._skip_counters.get((model, alias))
+    def _skipped(self, model: str, alias: str, version: int) -> None:
+        reason = "failing" if self.gate is not None and self.gate.failing(model, version) else "not_ready"
+        counter = self._skip_counters.get((model, alias, reason))
         if counter is None:
-            counter = self._skip_counters[(model, alias)] = metrics.CANARY_SKIPPED.labels(model, alias, "not_ready")
+            counter = self._skip_counters[(model, alias, reason)] = metrics.CANARY_SKIPPED.labels(model, alias,
+                                                                                                   reason)
         counter.inc()
+
+    async def _canary_failed(self, request: InferRequest, route: ModelRoute, version: int, exc: BackendFailed,
+                             started: float) -> tuple[int, Route]:
+        """Record a canary call Triton answered with a failure; the champion's version and route to serve instead.
+
+        Raises:
+            BackendFailed: ``exc``, when the gateway is configured not to retry on the champion.
+        """
+        assert self.gate is not None and route.champion is not None
+        self.gate.failed(request.model, version, str(exc))
+        if not self.retry_canary_on_champion:
+            raise exc  # recorded as the canary's failure where the caller's error is
+        self.stats.record(request.model, version, latency_ms=(time.perf_counter() - started) * 1000, ok=False)
+        metrics.CANARY_RETRIED.labels(request.model).inc()
+        return route.champion, "champion"
+
+    async def probe_version(self, model: str, version: int) -> None:
+        """One synthetic request to ``version`` on Triton: zeros of its input signature, one row.
+
+        Raises:
+            InferenceError: the version did not answer it.
+        """
+        signature = await self.signature(model, version)
+        inputs = []
+        for spec in signature.inputs:
+            shape = [1 if d < 0 else d for d in spec.shape]
+            array = (np.full(shape, b"", dtype=object) if spec.datatype == "BYTES"
+                     else np.zeros(shape, dtype=NUMPY[spec.datatype]))
+            inputs.append(Tensor(spec.name, spec.datatype, array))
+        await self.backend.infer(model, version, inputs, None, timeout_s=self.timeout_s)
 
     async def signature(self, model: str, version: int) -> Signature:
         """The version's signature (cached: a version's contents never change).
@@ -507,7 +558,7 @@ class InferenceService:
         if route.shadow is not None and route.shadow != result.version:
             if self.gate is not None and route.shadow != route.champion and not self.gate.ready(request.model,
                                                                                                  route.shadow):
-                self._skipped(request.model, "shadow")
+                self._skipped(request.model, "shadow", route.shadow)
             else:
                 self.mirror.offer(MirrorJob("shadow", request.model, route.shadow, request.inputs,
                                             request.outputs, result.outputs, result.version, result.request_id,
@@ -651,11 +702,18 @@ class InferenceService:
             return False, f"{down} and no fallback is configured"
         if self.gate is not None:
             skipped = self.gate.not_ready(self.rollout.table)
-            if skipped:
-                what = ", ".join(f"{m} v{v} ({a})" for m, v, a in skipped)
-                gated = (f"Triton does not report {what} ready: canary traffic goes to the champion, shadow "
-                         "mirrors are skipped")
-                reason = gated if reason == "ready" else f"{reason}; {gated}"
+            failing = [(m, v, a) for m, v, a in skipped if self.gate.failing(m, v)]
+            unready = [k for k in skipped if k not in failing]
+            notes = []
+            if unready:
+                what = ", ".join(f"{m} v{v} ({a})" for m, v, a in unready)
+                notes.append(f"Triton does not report {what} ready: canary traffic goes to the champion, shadow "
+                             "mirrors are skipped")
+            if failing:
+                what = ", ".join(f"{m} v{v} ({a}: {self.gate.failing(m, v)})" for m, v, a in failing)
+                notes.append(f"failing although ready: {what}; its traffic goes to the champion")
+            for note in notes:
+                reason = note if reason == "ready" else f"{reason}; {note}"
         if self.rollout.redis_error is not None:
             age = time.monotonic() - (self.rollout.refreshed_at or time.monotonic())
             redis = (f"Redis unreachable ({self.rollout.redis_error}); serving the last known routes, "

@@ -111,6 +111,16 @@ class Settings(BaseSettings):
     canary_steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0])
     """Canary weights the analysis steps through; after the last one the canary is promoted."""
 
+    canary_failures: int = Field(default=5, ge=1)
+    """Canary calls in a row Triton answers with a failure (a version loaded and ready that fails anyway) after
+    which the gateway stops routing to the canary (its share goes to the champion), wakes the canary analysis
+    (which rolls it back) and sets ``inference_version_failing``; one synthetic request a readiness round
+    (``version_ready_check_s``) clears the mark when answered."""
+
+    canary_retry_on_champion: bool = True
+    """A canary call Triton answered with a failure is answered by the champion instead of the caller getting
+    502 (``inference_canary_retried_total``); the failure still counts as the canary's evidence."""
+
     canary_min_requests: int = Field(default=200, ge=1)
     """Canary requests a step needs before the analysis moves the weight up."""
 

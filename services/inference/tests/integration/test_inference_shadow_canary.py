@@ -107,7 +107,7 @@ def _serves(g: Gateway, champion: int, canary: int | None, weight: float | None 
     return check
 
 
-@pytest.mark.parametrize(("bad", "why"), [(3, "error rate"), (4, "differ from the champion")])
+@pytest.mark.parametrize(("bad", "why"), [(3, "calls in a row failed"), (4, "differ from the champion")])
 def test_a_bad_canary_is_rolled_back_through_the_registry_with_its_evidence(
         bad: int, why: str, served: TritonServer, settings_for: Callable[..., Settings], registry: Registry,
         gateway_factory: Callable[[Settings], Gateway], kafka_bootstrap: str, topics: dict[str, str]) -> None:
