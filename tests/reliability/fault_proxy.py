@@ -7,10 +7,12 @@ fails every call. The gateway's inference calls go over Triton's HTTP endpoint
 ``POST /v2/models/<model>/versions/<version>/infer`` of a version with a fault set:
 
 - ``error``: answered at once with HTTP 500 and Triton's error body shape, never reaching Triton;
-- ``delay``: passed on after ``delay_s`` seconds.
+- ``delay``: passed on after ``delay_s`` seconds;
+- ``reset``: the connection is closed without an answer, as when the server serving that version
+  was killed (the caller sees its connection end mid-call).
 
 Control (on the proxy's own port, so the test needs no other channel): ``PUT /__fault`` with
-``{"model": m, "version": v, "mode": "error" | "delay" | "none", "delay_s": s}``, and
+``{"model": m, "version": v, "mode": "error" | "delay" | "reset" | "none", "delay_s": s}``, and
 ``GET /__fault`` for the faults set and the number of requests each fault took.
 
 Run: ``python -m tests.reliability.fault_proxy --port P --upstream http://127.0.0.1:T``.
@@ -52,7 +54,7 @@ def build(upstream: str) -> web.Application:
         body = await request.json()
         key = (str(body["model"]), int(body["version"]))
         mode = body.get("mode", "none")
-        if mode not in ("error", "delay", "none"):
+        if mode not in ("error", "delay", "reset", "none"):
             return web.json_response({"error": f"unknown mode {mode!r}"}, status=400)
         if mode == "none":
             faults.pop(key, None)
@@ -70,6 +72,11 @@ def build(upstream: str) -> web.Application:
         if fault is not None:
             label = f"{match.group(1)}/{match.group(2)}:{fault['mode']}" if match else fault["mode"]
             taken[label] += 1
+            if fault["mode"] == "reset":
+                transport = request.transport
+                if transport is not None:
+                    transport.abort()
+                raise web.HTTPServiceUnavailable()  # not sent: the connection is gone
             if fault["mode"] == "error":
                 return web.json_response({"error": f"injected failure of {match.group(1)} version "  # type: ignore[union-attr]
                                                    f"{match.group(2)}"}, status=500)  # type: ignore[union-attr]

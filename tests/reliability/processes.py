@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.localstack import ServiceProcess, free_port
 
@@ -126,6 +127,22 @@ def gateway_process(triton_grpc_url: str, bootstrap: str, redis_url: str, repo: 
            "INFERENCE_MODEL_REPOSITORY": str(repo), **extra}
     return ServiceProcess("inference", "inference", env, ready_url=f"http://127.0.0.1:{port}/readyz",
                           log_path=logs / f"inference-{port}.log")
+
+
+Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+"""A service's ``/metrics`` samples: (name, sorted labels) -> value."""
+
+
+def metrics_of(url: str) -> Metrics:
+    """Every sample of the service at ``url``'s ``/metrics``."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metric_sum(metrics: Metrics, name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` whose labels include ``labels``."""
+    return sum(v for (n, ls), v in metrics.items() if n == name and set(labels.items()) <= set(ls))
 
 
 def port_of(process: ServiceProcess) -> int:
@@ -336,3 +353,80 @@ def register_dataset(url: str, name: str) -> None:
             "features": [{"name": "seq", "type": "numeric"}, {"name": "x", "type": "numeric"}]}
     response = httpx.post(f"{url}/v1/datasets", json=spec, timeout=30)
     assert response.status_code in (200, 201), response.text
+@dataclass
+class Usage:
+    """Samples a process's resident memory and its TCP connections to ``ports`` every 0.1 s."""
+
+    pid: int
+    ports: tuple[int, ...]
+    samples: list[tuple[float, float, int]] = field(default_factory=list)
+    """(monotonic time, RSS in MiB, connections)."""
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self.samples.append((time.monotonic(), rss_mb(self.pid), connections_to(self.pid, self.ports)))
+            except (FileNotFoundError, ProcessLookupError, RuntimeError):  # the process is gone
+                return
+
+    def start(self) -> Usage:
+        self._thread = threading.Thread(target=self._run, name="usage-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def between(self, t0: float, t1: float) -> list[tuple[float, float, int]]:
+        return [s for s in self.samples if t0 <= s[0] < t1]
+
+
+
+@dataclass
+class CpuWait:
+    """Samples, every 20 ms, how long some threads have waited for a CPU (run-queue time, from schedstat).
+
+    On the two shared cores of the test bed an answer can be late only because the gateway's event
+    loop, or the caller's, was runnable but not running; these samples tell that time apart from
+    time the gateway itself made a request wait.
+    """
+
+    paths: list[Path]
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    """(monotonic time, seconds the threads waited for a CPU so far, summed)."""
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _read(self) -> float:
+        return sum(int(p.read_text().split()[1]) for p in self.paths) / 1e9
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self.samples.append((time.monotonic(), self._read()))
+            except (FileNotFoundError, ProcessLookupError):
+                return
+
+    def start(self) -> CpuWait:
+        self._thread = threading.Thread(target=self._run, name="cpu-wait-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def waited(self, t0: float, t1: float) -> float:
+        """Run-queue time of the threads from the last sample at or before ``t0`` to the first at or after ``t1``."""
+        before = [w for t, w in self.samples if t <= t0]
+        after = [w for t, w in self.samples if t >= t1]
+        if not before or not after:
+            return 0.0
+        return after[0] - before[-1]
+
+

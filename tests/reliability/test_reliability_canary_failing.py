@@ -34,9 +34,8 @@ from deploy.localstack import REPO, http_ok
 from services.inference.tests.integration.conftest import MODEL, make_topics
 from services.inference.tests.onnx_models import all_versions, write_registry_model
 from tests.fixtures.triton import TritonServer, add_model
-from tests.reliability.processes import gateway_process, port_of, read_topic
-from tests.reliability.test_reliability_freeze import PacedLoad, _summary
-from tests.reliability.test_reliability_shadow import _metrics, _sum, fault_proxy  # noqa: F401 - fixture
+from tests.reliability.paced_load import PacedLoad, status_summary
+from tests.reliability.processes import gateway_process, metric_sum, metrics_of, port_of, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +46,7 @@ AFTER_S = 10.0
 
 
 def test_a_ready_canary_that_fails_every_call_is_marked_and_rolled_back_and_costs_callers_nothing(
-        private_triton: TritonServer, fault_proxy: str, kafka_bootstrap: str, redis_url: str,  # noqa: F811
+        private_triton: TritonServer, fault_proxy: str, kafka_bootstrap: str, redis_url: str,
         tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     write_registry_model(repo, MODEL, all_versions())
@@ -72,15 +71,15 @@ def test_a_ready_canary_that_fails_every_call_is_marked_and_rolled_back_and_cost
                 for r in g["rules"] if r.get("alert") == "TributaryCanaryFailing")
     try:
         time.sleep(HEALTHY_S)
-        healthy = _metrics(url)
-        assert _sum(healthy, "inference_requests_total", route="canary", status="200") > 0, "no canary traffic"
+        healthy = metrics_of(url)
+        assert metric_sum(healthy, "inference_requests_total", route="canary", status="200") > 0, "no canary traffic"
         r = httpx.put(f"{fault_proxy}/__fault", json={"model": MODEL, "version": CANARY, "mode": "error"}, timeout=10)
         assert r.status_code == 200, r.text
         fault_at = time.monotonic()
         while time.monotonic() < fault_at + AFTER_S:
             now = time.monotonic()
-            metrics = _metrics(url)
-            if marked_at is None and _sum(metrics, "inference_version_marked_failing_total", model=MODEL) >= 1:
+            metrics = metrics_of(url)
+            if marked_at is None and metric_sum(metrics, "inference_version_marked_failing_total", model=MODEL) >= 1:
                 marked_at = now
             if rolled_back_at is None and httpx.get(f"{url}/v1/rollout/{MODEL}", timeout=5).json()["canary"] is None:
                 rolled_back_at = now
@@ -89,30 +88,33 @@ def test_a_ready_canary_that_fails_every_call_is_marked_and_rolled_back_and_cost
             time.sleep(0.1)
     finally:
         load.stop()
-    end = _metrics(url)
+    end = metrics_of(url)
     taken = httpx.get(f"{fault_proxy}/__fault", timeout=10).json()["taken"]
     decisions = read_topic(kafka_bootstrap, decisions_topic)
     gateway.stop()
 
     failed_canary_calls = taken.get(f"{MODEL}/{CANARY}:error", 0)
-    retried = _sum(end, "inference_canary_retried_total", model=MODEL)
+    retried = metric_sum(end, "inference_canary_retried_total", model=MODEL)
     rollbacks = [d.value.get("payload", {}) for d in decisions
                  if d.value.get("payload", {}).get("action") == "rollback"]
     print(f"marked failing {None if marked_at is None else f'{marked_at - fault_at:.2f}s'} after the fault, "
           f"rolled back {None if rolled_back_at is None else f'{rolled_back_at - fault_at:.2f}s'} after; canary calls "
           f"failed by the proxy {failed_canary_calls}, retried on the champion {retried:.0f}; Triton ready "
-          f"{sum(triton_ready)}/{len(triton_ready)}; answers {_summary(load.answers)}; rollback reasons "
+          f"{sum(triton_ready)}/{len(triton_ready)}; answers {status_summary(load.answers)}; rollback reasons "
           f"{[d.get('reasons') for d in rollbacks]}")
 
     assert load.failures == [], load.failures[:3]
     assert marked_at is not None, f"the canary was never marked failing; gateway log:\n{gateway.tail()}"
-    assert failed_canary_calls <= 20 or marked_at - fault_at <= 5.0, (failed_canary_calls, marked_at - fault_at)
+    assert retried <= 20 or marked_at - fault_at <= 5.0, (retried, marked_at - fault_at)
     assert rolled_back_at is not None and rolled_back_at - fault_at <= 5.0, rolled_back_at
     assert len(rollbacks) == 1 and any("stopped routing to the canary" in r for r in rollbacks[0]["reasons"]), rollbacks
     assert rollbacks[0]["canary"]["version"] == CANARY and rollbacks[0]["weight_after"] == 0, rollbacks
     # The alert reads the counter (the mark itself lasts well under a scrape interval: the rollback ends it).
-    assert _sum(end, "inference_version_marked_failing_total", model=MODEL) == 1, end
+    assert metric_sum(end, "inference_version_marked_failing_total", model=MODEL) == 1, end
     assert "increase(inference_version_marked_failing_total[" in rule["expr"], rule
     assert all(triton_ready), "Triton's health said not ready during the fault: it was not healthy-but-broken"
-    assert {a.status for a in load.answers} == {200}, _summary([a for a in load.answers if a.status != 200])
-    assert retried == failed_canary_calls > 0, (retried, failed_canary_calls)
+    assert {a.status for a in load.answers} == {200}, status_summary([a for a in load.answers if a.status != 200])
+    # Every canary request that failed was answered by the champion; the proxy also saw the gate's
+    # synthetic requests to the failing canary when a readiness round fell before the rollback.
+    # (5 in a row mark it; requests already on their way to the canary then fail too: at most 20 in all.)
+    assert 5 <= retried <= 20 and failed_canary_calls >= retried, (retried, failed_canary_calls)

@@ -38,15 +38,12 @@ a CPU too), served by onnxruntime while the breaker is open.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -59,16 +56,17 @@ from schemas import topics
 from services.inference.tests.integration.conftest import MODEL, make_topics, v2_body
 from services.inference.tests.onnx_models import all_versions, write_registry_model
 from tests.fixtures.triton import TritonServer, add_model
+from tests.reliability.paced_load import Answer, PacedLoad, judge_answer_times, own_seconds, status_summary
 from tests.reliability.processes import (
+    CpuWait,
     FeatureClient,
+    Usage,
     check_ledger,
-    connections_to,
     gateway_process,
     ingest_process,
     port_of,
     read_topic,
     register_dataset,
-    rss_mb,
     wait_for,
 )
 
@@ -199,173 +197,6 @@ def test_frozen_broker_gets_503_within_the_timeouts_and_loses_nothing_acknowledg
 # -- G3: Triton frozen ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Answer:
-    """One request to the gateway."""
-
-    started: float
-    seconds: float
-    status: int
-    retry_after: str | None
-    body: str
-    backend: str | None = None
-
-
-@dataclass
-class PacedLoad:
-    """``rate`` one-row requests a second on a fixed schedule, every answer recorded.
-
-    Open loop, as the plan's offered load: a slow answer does not delay the next request (each
-    request is its own task on one asyncio client). When the client itself falls more than 50 ms
-    behind its schedule (a stalled test process), it skips the missed slots rather than sending
-    them in a burst, and counts them in ``skipped``.
-    """
-
-    url: str
-    rate: float = RATE_PER_S
-    answers: list[Answer] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    skipped: int = 0
-    native_id: int = 0
-    """The OS thread id of the client's event loop (for its run-queue time)."""
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def _one(self, client: httpx.AsyncClient, body: bytes) -> None:
-        t0 = time.monotonic()
-        try:
-            r = await client.post(f"{self.url}/v2/models/{MODEL}/infer", content=body,
-                                  headers={"content-type": "application/json"})
-        except httpx.HTTPError as exc:
-            self.failures.append(f"{type(exc).__name__}: {exc}")
-            return
-        answer = Answer(t0, time.monotonic() - t0, r.status_code, r.headers.get("retry-after"), r.text[:300],
-                        r.headers.get("x-tributary-backend"))
-        with self._lock:
-            self.answers.append(answer)
-
-    async def _main(self) -> None:
-        self.native_id = threading.get_native_id()
-        body = json.dumps(v2_body([[1.0, 2.0, 3.0, 4.0]])).encode()
-        tasks: set[asyncio.Task[None]] = set()
-        # The client timeout is far above the gateway's deadline: a hang shows as a long answer.
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-            start, n = time.monotonic(), 0
-            while not self._stop.is_set():
-                slot = start + n / self.rate
-                behind = time.monotonic() - slot
-                if behind > 0.05:
-                    missed = int(behind * self.rate)
-                    self.skipped += missed
-                    n += missed
-                    continue
-                if behind < 0:
-                    await asyncio.sleep(-behind)
-                task = asyncio.create_task(self._one(client, body))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                n += 1
-            if tasks:
-                await asyncio.wait(tasks)
-
-    def start(self) -> PacedLoad:
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="paced-load", daemon=True)
-        self._thread.start()
-        return self
-
-    def since(self, t: float) -> list[Answer]:
-        with self._lock:
-            return [a for a in self.answers if a.started >= t]
-
-    def __str__(self) -> str:
-        with self._lock:
-            seen = {a.status: a.body for a in self.answers}
-        return f"{len(self.answers)} answers, {len(self.failures)} failures {self.failures[:2]}, by status {seen}"
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(120)
-
-
-@dataclass
-class Usage:
-    """Samples a process's resident memory and its TCP connections to ``ports`` every 0.1 s."""
-
-    pid: int
-    ports: tuple[int, ...]
-    samples: list[tuple[float, float, int]] = field(default_factory=list)
-    """(monotonic time, RSS in MiB, connections)."""
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            try:
-                self.samples.append((time.monotonic(), rss_mb(self.pid), connections_to(self.pid, self.ports)))
-            except (FileNotFoundError, ProcessLookupError, RuntimeError):  # the process is gone
-                return
-
-    def start(self) -> Usage:
-        self._thread = threading.Thread(target=self._run, name="usage-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def between(self, t0: float, t1: float) -> list[tuple[float, float, int]]:
-        return [s for s in self.samples if t0 <= s[0] < t1]
-
-
-@dataclass
-class CpuWait:
-    """Samples, every 20 ms, how long some threads have waited for a CPU (run-queue time, from schedstat).
-
-    On the two shared cores of the test bed an answer can be late only because the gateway's event
-    loop, or the caller's, was runnable but not running; these samples tell that time apart from
-    time the gateway itself made a request wait.
-    """
-
-    paths: list[Path]
-    samples: list[tuple[float, float]] = field(default_factory=list)
-    """(monotonic time, seconds the threads waited for a CPU so far, summed)."""
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def _read(self) -> float:
-        return sum(int(p.read_text().split()[1]) for p in self.paths) / 1e9
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            try:
-                self.samples.append((time.monotonic(), self._read()))
-            except (FileNotFoundError, ProcessLookupError):
-                return
-
-    def start(self) -> CpuWait:
-        self._thread = threading.Thread(target=self._run, name="cpu-wait-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def waited(self, t0: float, t1: float) -> float:
-        """Run-queue time of the threads from the last sample at or before ``t0`` to the first at or after ``t1``."""
-        before = [w for t, w in self.samples if t <= t0]
-        after = [w for t, w in self.samples if t >= t1]
-        if not before or not after:
-            return 0.0
-        return after[0] - before[-1]
-
-
 HUNG_S = 20.0
 """How long after SIGCONT the local Triton may take to answer before it is probed directly."""
 
@@ -403,17 +234,6 @@ def _hung(server: TritonServer) -> NoReturn:
     pytest.xfail(f"the test bed's Triton gave no answer {HUNG_S:.0f}s after SIGCONT, not even when asked "
                  f"directly (its Python-backend stubs hang after a freeze at times); everything up to the "
                  f"resume was checked. Triton's log:\n{server.tail()}")
-
-
-def _summary(answers: list[Answer]) -> str:
-    """Statuses with a count and one body each, for a failure message."""
-    counts: dict[int, int] = {}
-    bodies: dict[int, str] = {}
-    for a in answers:
-        counts[a.status] = counts.get(a.status, 0) + 1
-        bodies.setdefault(a.status, a.body)
-    return f"{len(answers)} answers, " + ", ".join(f"{s} x{n}: {bodies[s]!r}" for s, n in sorted(counts.items()))
-
 
 
 def _gateway(triton: TritonServer, kafka_bootstrap: str, redis_url: str, repo: Path, logs: Path,
@@ -474,43 +294,20 @@ def _latencies(answers: list[Answer], cpu: CpuWait | None = None) -> str:
 
     text = summary([a.seconds for a in answers])
     if cpu is not None:
-        text += f" (without the CPU waits: {summary([_own(a, cpu) for a in answers])})"
+        text += f" (without the CPU waits: {summary([own_seconds(a, cpu) for a in answers])})"
     return text
-
-
-def _own(answer: Answer, cpu: CpuWait) -> float:
-    """An answer's time less the time the gateway's event loop and the caller's waited for a CPU meanwhile."""
-    return max(0.0, answer.seconds - cpu.waited(answer.started, answer.started + answer.seconds))
 
 
 def _answer_times(answers: list[Answer], cpu: CpuWait, *, within_s: float, share: float, at_most_s: float
                   ) -> str | None:
     """Why the answers' times on the gateway's account miss the bounds, or None when they meet them."""
-    own = sorted(_own(a, cpu) for a in answers)
+    own = sorted(own_seconds(a, cpu) for a in answers)
     within = sum(o <= within_s for o in own) / len(own)
     if within >= share and own[-1] <= at_most_s:
         return None
     return (f"{within:.2%} of the answers within {within_s * 1000:.0f} ms (needed {share:.0%}), the slowest "
             f"{own[-1] * 1000:.0f} ms (allowed {at_most_s * 1000:.0f} ms), less the CPU waits; "
             f"{_latencies(answers, cpu)}")
-
-
-def _judge_answer_times(problem: str | None, load: PacedLoad) -> None:
-    """Fail on ``problem``; an expected failure instead when the caller itself could not keep its schedule.
-
-    The caller skips the slots it is more than 50 ms late for. When it skipped more than a tenth
-    of them, the test bed was starved of CPU (other work on the two cores) past what the CPU-wait
-    accounting subtracts, and the answer times cannot be judged (plan 6.4: a latency failure on two
-    cores may be capacity; run again, or at half the rate with ``G3_RATE``). Called last, after
-    everything else was checked.
-    """
-    if problem is None:
-        return
-    slots = len(load.answers) + load.skipped
-    if load.skipped > 0.1 * slots:
-        pytest.xfail(f"the caller could not keep its schedule ({load.skipped} of {slots} slots skipped): the test "
-                     f"bed is starved of CPU and the answer times were not judged; {problem}")
-    pytest.fail(problem, pytrace=False)
 
 
 @dataclass
@@ -561,7 +358,7 @@ def _freeze_under_load(private_triton: TritonServer, gateway: ServiceProcess, ur
         assert resumed is not None
         first = _triton_again(
             private_triton, load, resumed, back,
-            lambda: f"an answer from Triton after it resumed (since then: {_summary(load.since(resumed))})\n"
+            lambda: f"an answer from Triton after it resumed (since then: {status_summary(load.since(resumed))})\n"
             f"client failures: {load.failures[-3:]}\nTriton's log:\n{private_triton.tail()}\n"
             f"gateway's log:\n{gateway.tail()}")
         if first is not None:
@@ -619,7 +416,7 @@ def test_frozen_triton_gives_fast_clean_errors_behind_the_breaker_and_recovers(
           f"deadline (504), {sum(a.status == 429 for a in during)} shed (429); latency {_latencies(answers, cpu)}; "
           f"during the freeze {_latencies(during, cpu)}; "
           f"{len(late)} answers over {ANSWER_WITHIN_S * 1000:.0f} ms, "
-          f"{sum(_own(a, cpu) > ANSWER_WITHIN_S for a in late)} of them without the CPU waits; readiness "
+          f"{sum(own_seconds(a, cpu) > ANSWER_WITHIN_S for a in late)} of them without the CPU waits; readiness "
           f"{run.ready.status_code} in {run.ready_s * 1000:.0f} ms; breaker at SIGCONT {run.at_resume}, at the end "
           f"{run.at_end}; first 200 "
           f"{'never (Triton hung)' if first is None else f'{first.started + first.seconds - resumed:.2f}s'} "
@@ -628,16 +425,16 @@ def test_frozen_triton_gives_fast_clean_errors_behind_the_breaker_and_recovers(
           f"Triton before the freeze {sorted({s[2] for s in before_freeze})}, from the freeze on "
           f"{sorted({s[2] for s in after})}")
     assert run.load.failures == []
-    assert {a.status for a in answers} <= {200, 429, 503, 504}, _summary([a for a in answers if a.status != 200])
+    assert {a.status for a in answers} <= {200, 429, 503, 504}, status_summary([a for a in answers if a.status != 200])
     errors = [a for a in answers if a.status != 200]
     assert all(a.retry_after == "1" for a in errors), {a.body for a in errors}
     assert all("Triton" in a.body for a in errors if a.status != 429), {a.body for a in errors}
-    assert sum(a.status == 429 for a in answers) <= 0.02 * len(answers), _summary(errors)
+    assert sum(a.status == 429 for a in answers) <= 0.02 * len(answers), status_summary(errors)
     too_slow = _answer_times(answers, cpu, within_s=ANSWER_WITHIN_S, share=0.99,
                              at_most_s=BACKEND_TIMEOUT_S + SLACK_S)
     # The breaker took the freeze: it opened, turned most requests away at once, and probed.
     assert run.at_resume.opened >= 1, run.at_resume
-    assert len(turned_away) >= 0.8 * len(during), _summary(during)
+    assert len(turned_away) >= 0.8 * len(during), status_summary(during)
     assert run.at_resume.probes_with("failed") >= 2, run.at_resume   # a probe every cooldown + deadline, all failed
     assert "circuit breaker closed -> open" in log and "circuit breaker half_open -> open" in log, gateway.tail()
     assert run.ready_s <= BACKEND_TIMEOUT_S + SLACK_S, run.ready_s
@@ -654,8 +451,8 @@ def test_frozen_triton_gives_fast_clean_errors_behind_the_breaker_and_recovers(
     assert first.started + first.seconds - resumed <= RECOVERED_WITHIN_S
     assert run.at_end.closed > run.at_resume.closed and run.at_end.probes_with("ok") >= 1, run.at_end
     assert "circuit breaker half_open -> closed" in log, gateway.tail()
-    assert len(recovered) >= OBSERVED_AFTER_S * run.load.rate / 2 and ok_share >= 0.99, _summary(recovered)
-    _judge_answer_times(too_slow, run.load)
+    assert len(recovered) >= OBSERVED_AFTER_S * run.load.rate / 2 and ok_share >= 0.99, status_summary(recovered)
+    judge_answer_times(too_slow, run.load)
 
 
 def test_frozen_triton_with_the_fallback_configured_is_served_from_onnxruntime(
@@ -688,15 +485,15 @@ def test_frozen_triton_with_the_fallback_configured_is_served_from_onnxruntime(
     answers = run.load.answers
     during = [a for a in answers if triton.stopped_at + 1.0 <= a.started < resumed]
     print(f"answers={len(answers)} (client skipped {run.load.skipped} slots), "
-          f"{sum(_own(a, cpu) <= ANSWER_WITHIN_S for a in answers) / len(answers):.2%} within "
+          f"{sum(own_seconds(a, cpu) <= ANSWER_WITHIN_S for a in answers) / len(answers):.2%} within "
           f"{ANSWER_WITHIN_S * 1000:.0f} ms less the CPU waits; during the freeze={len(during)} "
           f"backends during={sorted({str(a.backend) for a in during})} latency {_latencies(answers, cpu)}; "
           f"breaker at SIGCONT {run.at_resume}; Triton again "
           f"{'never (hung)' if back is None else f'{back.started + back.seconds - resumed:.2f}s'} after resume")
     assert run.load.failures == []
-    assert {a.status for a in answers} <= {200, 429}, _summary([a for a in answers if a.status != 200])
+    assert {a.status for a in answers} <= {200, 429}, status_summary([a for a in answers if a.status != 200])
     shed = [a for a in answers if a.status == 429]
-    assert all(a.retry_after == "1" for a in shed) and len(shed) <= 0.02 * len(answers), _summary(shed)
+    assert all(a.retry_after == "1" for a in shed) and len(shed) <= 0.02 * len(answers), status_summary(shed)
     # The fallback runs the model in the gateway's worker threads, whose waits for a CPU are not
     # subtracted: on two busy cores only the deadline + 1 s holds (for 99%; the 350 ms share is printed).
     too_slow = _answer_times(answers, cpu, within_s=BACKEND_TIMEOUT_S + SLACK_S, share=0.99, at_most_s=float("inf"))
@@ -709,4 +506,4 @@ def test_frozen_triton_with_the_fallback_configured_is_served_from_onnxruntime(
     if back is None:
         _hung(private_triton)
     assert back.started + back.seconds - resumed <= RECOVERED_WITHIN_S
-    _judge_answer_times(too_slow, run.load)
+    judge_answer_times(too_slow, run.load)

@@ -4,7 +4,7 @@ Setup (plan G4): the registry's :class:`~registry.triton_repo.TritonRepository` 
 with a bounded Triton queue (``max_queue_size`` :data:`MAX_QUEUE_SIZE`) and a queue timeout
 (``default_timeout_microseconds`` :data:`QUEUE_TIMEOUT_US`, ``timeout_action: REJECT``); a Triton of
 the test's own loads it; the gateway calls it over HTTP with a concurrency limit
-(``INFERENCE_MAX_INFLIGHT`` :data:`MAX_INFLIGHT`). An open-loop client (:class:`CheapPacedLoad`:
+(``INFERENCE_MAX_INFLIGHT`` :data:`MAX_INFLIGHT`). An open-loop client (``paced_load.PacedLoad`` over aiohttp:
 one-row requests on a fixed schedule, a slow answer never delays the next request) measures
 
 - B99: the p99 answer time at a light load (:data:`BASELINE_RATE` req/s);
@@ -40,9 +40,7 @@ sustainable in the search.
 
 from __future__ import annotations
 
-import asyncio
 import io
-import json
 import os
 import re
 import threading
@@ -52,7 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-import aiohttp
 import httpx
 import pytest
 from registry.domain import Signature
@@ -62,8 +59,8 @@ from schemas.registry import TensorSpec
 from services.inference.tests.integration.conftest import MODEL, make_topics, v2_body
 from services.inference.tests.onnx_models import WEIGHTS, logistic_onnx
 from tests.fixtures.triton import TritonServer, add_model
+from tests.reliability.paced_load import Answer, PacedLoad, judge_answer_times
 from tests.reliability.processes import gateway_process, port_of, rss_mb, wait_for
-from tests.reliability.test_reliability_freeze import Answer, PacedLoad, _judge_answer_times
 
 pytestmark = pytest.mark.integration
 
@@ -108,59 +105,6 @@ STARVED_SHARE = 0.2
 missed timing criterion is then an expected failure with the figures)."""
 
 
-@dataclass
-class CheapPacedLoad(PacedLoad):
-    """:class:`PacedLoad`'s schedule, and its records, sent with aiohttp instead of httpx.
-
-    At 3T the client's own CPU decides whether the offered load is really offered: on two shared
-    cores httpx's async client costs about 4 ms of CPU a request, aiohttp's about 0.25 ms (measured
-    for ``bench/load.py``). Slots more than 50 ms late are skipped and counted, as in
-    :class:`PacedLoad`; ``lags`` holds how late each request was sent against its slot.
-    """
-
-    lags: list[float] = field(default_factory=list)
-
-    async def _send(self, session: aiohttp.ClientSession, body: bytes) -> None:
-        t0 = time.monotonic()
-        try:
-            async with session.post(f"{self.url}/v2/models/{MODEL}/infer", data=body,
-                                    headers={"content-type": "application/json"}) as r:
-                text = await r.text()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.failures.append(f"{type(exc).__name__}: {exc}")
-            return
-        answer = Answer(t0, time.monotonic() - t0, r.status, r.headers.get("retry-after"), text[:300],
-                        r.headers.get("x-tributary-backend"))
-        with self._lock:
-            self.answers.append(answer)
-
-    async def _main(self) -> None:
-        self.native_id = threading.get_native_id()
-        body = json.dumps(v2_body([[1.0, 2.0, 3.0, 4.0]])).encode()
-        tasks: set[asyncio.Task[None]] = set()
-        # The client timeout is far above anything the gateway may take: a hang shows as a long answer.
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
-                                         connector=aiohttp.TCPConnector(limit=1024)) as session:
-            start, n = time.monotonic(), 0
-            while not self._stop.is_set():
-                slot = start + n / self.rate
-                behind = time.monotonic() - slot
-                if behind > 0.05:
-                    missed = int(behind * self.rate)
-                    self.skipped += missed
-                    n += missed
-                    continue
-                if behind < 0:
-                    await asyncio.sleep(-behind)
-                self.lags.append(time.monotonic() - slot)
-                task = asyncio.create_task(self._send(session, body))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                n += 1
-            if tasks:
-                await asyncio.wait(tasks)
-
-
 _NUMBERS = re.compile(r"\b[0-9a-f-]*[0-9][0-9a-f.-]*\b")
 
 
@@ -176,7 +120,7 @@ def _bodies(answers: list[Answer]) -> dict[str, int]:
 @dataclass
 class Rss:
     """Samples the resident memory of some processes every 0.5 s (only that: the client's process is the
-    load generator, and :class:`~tests.reliability.test_reliability_freeze.Usage` also reads the socket
+    load generator, and ``processes.Usage`` also reads the socket
     tables every 0.1 s, a cost that grows with the client's connections)."""
 
     pids: dict[str, int]
@@ -254,7 +198,7 @@ class Step:
     """Shares of the step's time the gateway's event loop ran and waited for a CPU (schedstat)."""
     client_loop: tuple[float, float]
     """The same for the client's event loop."""
-    load: CheapPacedLoad
+    load: PacedLoad
 
     @property
     def served(self) -> list[Answer]:
@@ -283,7 +227,7 @@ class Step:
 
 def _offer(url: str, gateway_pid: int, rate: float, seconds: float, *, before: float = WARMUP_S) -> Step:
     """Offer ``rate`` req/s for ``before`` + ``seconds``; the step counts the answers started after ``before``."""
-    load = CheapPacedLoad(url, rate=rate).start()
+    load = PacedLoad(url, rate=rate, client="aiohttp", max_connections=1024).start()
     try:
         wait_for(lambda: load.native_id, "the load's event loop", 10)
         start = time.monotonic() + before
@@ -456,4 +400,4 @@ def test_three_times_the_sustainable_rate_is_shed_fast_and_goodput_holds(
     if waiting >= STARVED_SHARE:
         pytest.xfail(f"the test bed starved the gateway of CPU (its event loop waited for a CPU {waiting:.0%} of "
                      f"the time and ran {busy:.0%}): {'; '.join(misses)}; {figures}")
-    _judge_answer_times(f"{'; '.join(misses)}; {figures}", overload.load)  # expected failure if the client starved
+    judge_answer_times(f"{'; '.join(misses)}; {figures}", overload.load)  # expected failure if the client starved

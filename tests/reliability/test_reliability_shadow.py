@@ -16,9 +16,13 @@ Pass criteria (plan G5):
   ``Retry-After`` from the gateway's own concurrency limit (a CPU-starved test bed), at most one
   point more often with the shadow on than off (judged with the latency, below);
 - the callers' p99 with the failing and with the slow shadow is at most 1.1x the p99 with the
-  shadow off (pooled over the three rounds of each condition); when the caller itself skipped more
-  than a tenth of its send slots (a CPU-starved test bed), that part is an expected failure with
-  its figures, after every other check (as in ``test_reliability_freeze.py``);
+  shadow off (pooled over the three rounds of each condition), on the gateway's account: each
+  answer's time less the CPU run-queue waits of the gateway's event loop and of the caller's
+  meanwhile (as in ``test_reliability_freeze.py``; the mirroring's own work runs on the gateway's
+  loop and stays counted, while other processes on the two shared cores, the fault proxy among
+  them, no longer decide the figure: raw p99s of one condition moved 28-62 ms between runs); when
+  the caller itself skipped more than a tenth of its send slots (a CPU-starved test bed), that
+  part is an expected failure with its figures, after every other check;
 - the shadow calls did happen and failed (``inference_shadow_calls_total{outcome="error"}`` and the
   proxy's own count); the circuit breaker stayed closed (a shadow's failures are not Triton's);
 - the shadow queue stays bounded: ``inference_shadow_queue`` never above its size, and every
@@ -29,24 +33,20 @@ Pass criteria (plan G5):
 
 from __future__ import annotations
 
+import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from deploy.localstack import REPO, free_port, http_ok
 from services.inference.tests.integration.conftest import MODEL, make_topics
 from services.inference.tests.onnx_models import all_versions, write_registry_model
 from tests.fixtures.triton import TritonServer, add_model
-from tests.reliability.processes import gateway_process, port_of, wait_for
-from tests.reliability.test_reliability_freeze import Answer, PacedLoad, Usage, _judge_answer_times, _summary
+from tests.reliability.paced_load import Answer, PacedLoad, judge_answer_times, own_seconds, status_summary
+from tests.reliability.processes import CpuWait, Usage, gateway_process, metric_sum, metrics_of, port_of, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -60,60 +60,27 @@ MIN_ANSWERS = 500
 """Answers per condition at least, for its p99 to mean something (2,400 are offered)."""
 
 
-@pytest.fixture
-def fault_proxy(private_triton: TritonServer, tmp_path: Path) -> Iterator[str]:
-    """``fault_proxy.py`` in front of the private Triton's HTTP endpoint; its base URL."""
-    port = free_port()
-    log = (tmp_path / "fault-proxy.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "tests.reliability.fault_proxy", "--port", str(port),
-                                "--upstream", private_triton.http_url], cwd=REPO, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: process.poll() is not None or http_ok(f"{url}/__fault") or None,
-                 "the fault proxy did not answer", timeout_s=30)
-        if process.poll() is not None:
-            pytest.fail(f"the fault proxy exited with {process.returncode}: "
-                        f"{(tmp_path / 'fault-proxy.log').read_text(errors='replace')}", pytrace=False)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-
-
-def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def _sum(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in metrics.items() if n == name and set(labels.items()) <= set(ls))
-
-
 def _mirror_jobs(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
-    return (_sum(metrics, "inference_shadow_calls_total", kind="shadow")
-            + _sum(metrics, "inference_shadow_dropped_total", kind="shadow"))
+    return (metric_sum(metrics, "inference_shadow_calls_total", kind="shadow")
+            + metric_sum(metrics, "inference_shadow_dropped_total", kind="shadow"))
 
 
 def _settled(url: str, timeout_s: float = 20.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The gateway's metrics once its shadow queue is empty and the mirror calls in flight have ended."""
     deadline = time.monotonic() + timeout_s
-    last = _metrics(url)
+    last = metrics_of(url)
     while time.monotonic() < deadline:
         time.sleep(1.0)
-        now = _metrics(url)
-        if _sum(now, "inference_shadow_queue") == 0 and _mirror_jobs(now) == _mirror_jobs(last):
+        now = metrics_of(url)
+        if metric_sum(now, "inference_shadow_queue") == 0 and _mirror_jobs(now) == _mirror_jobs(last):
             return now
         last = now
     return last
 
 
-def _p99(answers: list[Answer]) -> float:
-    return statistics.quantiles([a.seconds for a in answers], n=100)[98]
+def _p99(answers: list[Answer], cpu: CpuWait | None = None) -> float:
+    """The answers' p99; with ``cpu``, on the gateway's account (less the CPU run-queue waits)."""
+    return statistics.quantiles([a.seconds if cpu is None else own_seconds(a, cpu) for a in answers], n=100)[98]
 
 
 def test_a_failing_then_slow_shadow_costs_the_callers_nothing(
@@ -147,9 +114,13 @@ def test_a_failing_then_slow_shadow_costs_the_callers_nothing(
     dropped_after_slow: list[float] = []
     usage = Usage(pid, ()).start()
     load = PacedLoad(url)
+    cpu: CpuWait | None = None
     try:
         rollout("champion", 1)
         load.start()
+        wait_for(lambda: load.native_id, "the load's event loop", 10)
+        cpu = CpuWait([Path(f"/proc/{pid}/task/{pid}/schedstat"),
+                       Path(f"/proc/{os.getpid()}/task/{load.native_id}/schedstat")]).start()
         time.sleep(2.0)  # connections opened, caches warm: not counted
         for _ in range(ROUNDS):
             for condition in ("off", "error", "slow"):
@@ -162,15 +133,18 @@ def test_a_failing_then_slow_shadow_costs_the_callers_nothing(
                 t0 = time.monotonic()
                 while time.monotonic() < t0 + PHASE_S:
                     time.sleep(0.5)
-                    queue_seen.append(_sum(_metrics(url), "inference_shadow_queue"))
+                    queue_seen.append(metric_sum(metrics_of(url), "inference_shadow_queue"))
                 windows[condition].append((t0, time.monotonic()))
                 if condition == "slow":
-                    dropped_after_slow.append(_sum(_metrics(url), "inference_shadow_dropped_total", kind="shadow"))
+                    so_far = metric_sum(metrics_of(url), "inference_shadow_dropped_total", kind="shadow")
+                    dropped_after_slow.append(so_far)
         rollout("shadow", None)
         time.sleep(1.0)
     finally:
         load.stop()
         usage.stop()
+        if cpu is not None:
+            cpu.stop()
     end = _settled(url)
     taken = httpx.get(f"{fault_proxy}/__fault", timeout=10).json()["taken"]
     alive = gateway.process.poll() is None
@@ -180,14 +154,17 @@ def test_a_failing_then_slow_shadow_costs_the_callers_nothing(
         return [a for a in load.answers if any(t0 <= a.started < t1 for t0, t1 in windows[condition])]
 
     by = {c: within(c) for c in windows}
-    p99 = {c: _p99(a) for c, a in by.items()}
+    assert cpu is not None
+    raw99 = {c: _p99(a) for c, a in by.items()}
+    p99 = {c: _p99(a, cpu) for c, a in by.items()}
     rss = [s[1] for s in usage.samples]
-    shadow_errors = _sum(end, "inference_shadow_calls_total", kind="shadow", outcome="error")
-    shadow_ok = _sum(end, "inference_shadow_calls_total", kind="shadow", outcome="ok")
-    dropped = _sum(end, "inference_shadow_dropped_total", kind="shadow")
+    shadow_errors = metric_sum(end, "inference_shadow_calls_total", kind="shadow", outcome="error")
+    shadow_ok = metric_sum(end, "inference_shadow_calls_total", kind="shadow", outcome="ok")
+    dropped = metric_sum(end, "inference_shadow_dropped_total", kind="shadow")
     print(f"answers {len(load.answers)} (client skipped {load.skipped} slots); per condition "
           + ", ".join(f"{c}: {len(a)} answers, p50 {statistics.median(x.seconds for x in a) * 1000:.1f} ms, "
-                      f"p99 {p99[c] * 1000:.1f} ms" for c, a in by.items())
+                      f"p99 {raw99[c] * 1000:.1f} ms raw, {p99[c] * 1000:.1f} ms on the gateway's account"
+                      for c, a in by.items())
           + f"; ratios error {p99['error'] / p99['off']:.2f}, slow {p99['slow'] / p99['off']:.2f}; "
           f"shadow calls ok {shadow_ok:.0f} error {shadow_errors:.0f}; proxy took {taken}; shadow queue max "
           f"{max(queue_seen):.0f}; dropped after each slow phase {dropped_after_slow}; 429s "
@@ -197,15 +174,15 @@ def test_a_failing_then_slow_shadow_costs_the_callers_nothing(
     assert load.failures == [], load.failures[:3]
     assert alive and gateway.process.pid == pid
     # No server error reached a caller, in any phase; every answer came from Triton (the champion).
-    assert {a.status for a in load.answers} <= {200, 429}, _summary([a for a in load.answers if a.status != 200])
+    assert {a.status for a in load.answers} <= {200, 429}, status_summary([a for a in load.answers if a.status != 200])
     shed = [a for a in load.answers if a.status == 429]
-    assert all(a.retry_after is not None and "in flight" in a.body for a in shed), _summary(shed)
+    assert all(a.retry_after is not None and "in flight" in a.body for a in shed), status_summary(shed)
     assert {a.backend for a in load.answers if a.status == 200} == {"triton"}, {a.backend for a in load.answers}
     assert all(len(a) >= MIN_ANSWERS for a in by.values()), {c: len(a) for c, a in by.items()}
     # The fault took effect: the shadow was called and failed, fast and late.
     assert taken.get(f"{MODEL}/{SHADOW}:error", 0) > 0 and taken.get(f"{MODEL}/{SHADOW}:delay", 0) > 0, taken
     assert shadow_errors > 0, end
-    assert _sum(end, "inference_breaker_transitions_total") == 0, "a shadow's failures opened Triton's breaker"
+    assert metric_sum(end, "inference_breaker_transitions_total") == 0, "a shadow's failures opened Triton's breaker"
     # Bounded and nothing hidden: the queue never above its size, and every mirror job of an answer
     # served while the shadow was on was run (ok or error) or counted as dropped.
     assert max(queue_seen) <= QUEUE_SIZE, max(queue_seen)
@@ -221,4 +198,4 @@ def test_a_failing_then_slow_shadow_costs_the_callers_nothing(
     share = {c: sum(x.status == 429 for x in a) / len(a) for c, a in by.items()}
     slower += [f"{c}: {share[c]:.2%} shed with 429 against {share['off']:.2%} with the shadow off"
                for c in ("error", "slow") if share[c] > share["off"] + 0.01]
-    _judge_answer_times("; ".join(slower) or None, load)
+    judge_answer_times("; ".join(slower) or None, load)

@@ -116,7 +116,8 @@ def create_app(settings: Settings) -> FastAPI:
             mirror = ShadowMirror(lambda m, v, i, o: service.run_mirror(m, v, i, o),
                                   lambda job, out, ms, diff: service.on_mirrored(job, out, ms, diff),
                                   queue_size=settings.shadow_queue_size, workers=settings.shadow_workers,
-                                  max_rows=lambda m, v: service.mirror_rows(m, v))
+                                  max_rows=lambda m, v: service.mirror_rows(m, v),
+                                  batch_wait_s=settings.shadow_batch_wait_s)
             service = InferenceService(
                 rollout=rollout, backend=backend, fallback=fallback, mirror=mirror, predictions=predictions,
                 stats=stats, labels=labels, store=store, timeout_s=settings.backend_timeout_s,

@@ -162,10 +162,11 @@ class InferenceService:
         breaker: the circuit breaker in front of ``backend``; default: 5 failures, 2 s cooldown.
         gate: which canary and shadow versions Triton reports ready (:mod:`inference.readiness`): the
             canary's share of a version not ready goes to the champion and its shadow mirrors are skipped;
-            None routes without looking. A canary call Triton answers with a failure counts against the
-            canary in the gate (after some in a row it is *failing*: treated as not ready).
-        retry_canary_on_champion: a canary call Triton answered with a failure is answered by the
-            champion (``inference_canary_retried_total``) instead of the caller getting 502.
+            None routes without looking. A canary call Triton answers with a failure, or that gets no
+            answer while the champion's does, counts against the canary in the gate (after some in a
+            row it is *failing*: treated as not ready).
+        retry_canary_on_champion: a canary call that failed is answered by the champion
+            (``inference_canary_retried_total``) instead of the caller getting the canary's 502/503/504.
         tracer: OpenTelemetry tracer.
         clock: monotonic seconds (tests).
 
@@ -242,16 +243,17 @@ class InferenceService:
                 try:
                     outputs, backend = await self._serve(request.model, version, request.inputs, request.outputs,
                                                          request_id)
-                except BackendFailed as exc:
-                    if route_name != "canary" or self.gate is None or route.champion is None:
+                except (BackendFailed, BackendUnavailable, BackendTimeout) as exc:
+                    if (route_name != "canary" or self.gate is None or route.champion is None
+                            or isinstance(exc, BreakerOpen)):
                         raise
-                    # Triton answered the canary with a failure: the canary's evidence, and the
-                    # champion answers the caller (a canary on trial must not cost callers errors).
-                    version, route_name = await self._canary_failed(request, route, version, exc, started)
+                    # The canary failed this request: the champion answers the caller (a canary on
+                    # trial must not cost callers errors), and the failure is the canary's evidence.
+                    outputs, backend = await self._instead_of_canary(request, version, route.champion, exc,
+                                                                     started, request_id)
+                    version, route_name = route.champion, "champion"
                     span.set_attributes({"inference.version": version, "inference.route": route_name,
                                          "inference.canary_failed": True})
-                    outputs, backend = await self._serve(request.model, version, request.inputs,
-                                                         request.outputs, request_id)
                 else:
                     if route_name == "canary" and self.gate is not None:
                         self.gate.answered(request.model, version)
@@ -320,20 +322,31 @@ class InferenceService:
                                                                                                    reason)
         counter.inc()
 
-    async def _canary_failed(self, request: InferRequest, route: ModelRoute, version: int, exc: BackendFailed,
-                             started: float) -> tuple[int, Route]:
-        """Record a canary call Triton answered with a failure; the champion's version and route to serve instead.
+    async def _instead_of_canary(self, request: InferRequest, canary: int, champion: int, exc: InferenceError,
+                                 started: float, request_id: str) -> tuple[list[Tensor], str]:
+        """The champion's answer to a request its canary failed; the failure counted against the canary.
+
+        A canary call Triton answered with a failure is the canary's failure whatever the champion
+        does. A canary call that got no answer (its server unreachable or killed, past the
+        deadline) counts against the canary only once the champion answered: when Triton itself
+        is down it is not the canary's fault (that is the breaker's business).
 
         Raises:
-            BackendFailed: ``exc``, when the gateway is configured not to retry on the champion.
+            InferenceError: ``exc`` when the gateway does not retry on the champion
+                (``retry_canary_on_champion``), or what serving the champion raised.
         """
-        assert self.gate is not None and route.champion is not None
-        self.gate.failed(request.model, version, str(exc))
+        assert self.gate is not None
+        answered = isinstance(exc, BackendFailed)
+        if answered:
+            self.gate.failed(request.model, canary, str(exc))
         if not self.retry_canary_on_champion:
             raise exc  # recorded as the canary's failure where the caller's error is
-        self.stats.record(request.model, version, latency_ms=(time.perf_counter() - started) * 1000, ok=False)
+        answer = await self._serve(request.model, champion, request.inputs, request.outputs, request_id)
+        if not answered:
+            self.gate.failed(request.model, canary, str(exc))
+        self.stats.record(request.model, canary, latency_ms=(time.perf_counter() - started) * 1000, ok=False)
         metrics.CANARY_RETRIED.labels(request.model).inc()
-        return route.champion, "champion"
+        return answer
 
     async def probe_version(self, model: str, version: int) -> None:
         """One synthetic request to ``version`` on Triton: zeros of its input signature, one row.

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     shadow_workers: int = Field(default=2, ge=1)
     """Concurrent shadow and comparison calls (each carries every queued mirror it can batch)."""
 
+    shadow_batch_wait_s: float = Field(default=0.002, ge=0)
+    """How long a mirror worker waits for more queued mirrors to batch into its call (no caller waits for it):
+    longer means fewer, larger mirror calls, so full mirroring costs the gateway and Triton less."""
+
     compare_canary: bool = True
     """Also run each canary-routed request on the champion (in the background) to measure divergence."""
 
@@ -118,8 +122,9 @@ class Settings(BaseSettings):
     (``version_ready_check_s``) clears the mark when answered."""
 
     canary_retry_on_champion: bool = True
-    """A canary call Triton answered with a failure is answered by the champion instead of the caller getting
-    502 (``inference_canary_retried_total``); the failure still counts as the canary's evidence."""
+    """A canary call that failed on Triton (an internal error, or no answer while the breaker is closed) is answered
+    by the champion instead of the caller getting 502/503/504 (``inference_canary_retried_total``); the failure
+    still counts as the canary's evidence (one without an answer only once the champion answered)."""
 
     canary_min_requests: int = Field(default=200, ge=1)
     """Canary requests a step needs before the analysis moves the weight up."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from inference import metrics, readiness
 from inference.canary import CanaryAnalyzer, CanaryStats, Policy
-from inference.errors import BackendFailed
+from inference.errors import BackendFailed, BackendUnavailable
 from inference.readiness import VersionGate
 from inference.routing import ModelRoute, bucket
 from inference.service import InferRequest
@@ -176,3 +176,45 @@ def test_the_synthetic_request_is_zeros_of_the_signature_one_row() -> None:
     asyncio.run(service.probe_version("g7e", 1))
     assert len(sent) == 1 and [(t.name, t.datatype, t.array.shape) for t in sent[0]] == [("x", "FP32", (1, 4))]
     assert not np.any(sent[0][0].array)
+
+
+class _UnreachableCanary(_Triton):
+    """Triton whose calls to the versions in ``dead`` get no answer (their server killed): unreachable."""
+
+    def __init__(self, ready_versions: set[int], dead: set[int]) -> None:
+        super().__init__(ready_versions)
+        self.dead = dead
+        self.calls: list[int] = []
+
+    async def infer(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None, *,
+                    timeout_s: float, request_id: str = "") -> list[Tensor]:
+        self.calls.append(version)
+        if version in self.dead:
+            raise BackendUnavailable("Triton at the configured URL is unreachable (connection closed during a call)")
+        return await super().infer(model, version, inputs, outputs, timeout_s=timeout_s, request_id=request_id)
+
+
+async def test_a_canary_whose_calls_get_no_answer_is_answered_by_the_champion_and_marked_failing() -> None:
+    model = "g1a"
+    route = ModelRoute(model, champion=1, canary=2, canary_weight=1.0)
+    triton = _UnreachableCanary({1, 2}, dead={2})
+    gate = VersionGate(triton, failures_to_trip=5)
+    await gate.on_table({model: route})
+    service, _ = _service(triton, route, gate)
+    results = [await service.infer(InferRequest(model=model, inputs=X, entity=f"e-{i}")) for i in range(8)]
+    assert {(r.version, r.route) for r in results} == {(1, "champion")}
+    assert triton.calls.count(2) == 5 and gate.failing(model, 2) is not None
+    assert service.breaker.closed  # the champion's answers kept Triton's breaker closed
+
+
+async def test_when_triton_answers_nobody_the_canary_is_not_blamed() -> None:
+    model = "g1b"
+    route = ModelRoute(model, champion=1, canary=2, canary_weight=1.0)
+    triton = _UnreachableCanary({1, 2}, dead={1, 2})
+    gate = VersionGate(triton, failures_to_trip=2)
+    await gate.on_table({model: route})
+    service, _ = _service(triton, route, gate)
+    for i in range(4):
+        with pytest.raises(BackendUnavailable):
+            await service.infer(InferRequest(model=model, inputs=X, entity=f"e-{i}"))
+    assert gate.failing(model, 2) is None and gate.ready(model, 2)
