@@ -13,9 +13,14 @@ the set of models. Three writers change it, all through one Lua script so each c
 
 Requests never wait for Redis: each replica serves from an in-memory copy it refreshes every
 ``rollout_refresh_s``. When Redis is unreachable it keeps the last good copy (and counts, and
-says so in readiness). When Redis comes back without the table (restarted without persistence,
-flushed), the replica writes its last good copy back with the oldest possible change time, so
-any real change (the topic's history, an operator) still wins over it.
+says so in readiness). Redis also holds a generation token (``<prefix>rollout:generation``),
+which only the refresh writes. When a replica finds it missing (Redis restarted without
+persistence, flushed) or different from the one it last read (another replica found it missing
+first), it writes its last good copy back, each alias with its own change time and author, and
+only where Redis holds nothing newer: changes written since the loss (the topic, an operator)
+keep winning, a replica's replay of older history never overrides a restored alias, and a copy
+that lags another replica's merges under it. A revision never repeats across a loss: a model's
+first revision is the Redis server's clock in microseconds (and above the written-back copy's).
 A version change is a new copy: requests already running finish on the version they started
 with, new ones take the new route, and none is dropped.
 """
@@ -26,9 +31,10 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -43,29 +49,55 @@ log = logging.getLogger(__name__)
 
 ALIASES: tuple[Alias, ...] = ("champion", "canary", "shadow")
 
-# KEYS: hash, models set. ARGV: model, expected revision ('' = any), changed_at (µs), changed_by,
-# then (alias, version ('' = none), weight) triples. Returns the new revision, 0 when every
-# alias already holds a newer change, -1 when the expected revision does not match.
+# KEYS: hash, models set. ARGV: model, expected revision ('' = any), lowest new revision, newest ('1':
+# the change time is raised above every changed alias's, so the change applies), then (alias,
+# version ('' = none), weight, changed_at (µs), changed_by) quintuples. An alias changes when its
+# change time is newer than the one it holds. Returns {revision, change time of the last alias}:
+# the new revision, 0 when every alias already holds a newer change, -1 when the expected
+# revision does not match. A model's first revision is the server's clock in µs (not below the
+# lowest new revision), so a revision read before Redis lost the table never matches again.
 _APPLY = """
 if ARGV[2] ~= '' then
   local rev = redis.call('HGET', KEYS[1], 'revision') or '0'
-  if rev ~= ARGV[2] then return -1 end
+  if rev ~= ARGV[2] then return {-1, ''} end
 end
-local at = tonumber(ARGV[3])
+local raise = 0
+if ARGV[4] == '1' then
+  for i = 5, #ARGV, 5 do
+    local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i] .. '_at') or '0')
+    if current >= tonumber(ARGV[i + 3]) and current + 1 > raise then raise = current + 1 end
+  end
+end
 local applied = 0
-for i = 5, #ARGV, 3 do
+local stamp = ''
+for i = 5, #ARGV, 5 do
   local alias = ARGV[i]
+  local at = ARGV[i + 3]
+  if raise > tonumber(at) then at = string.format('%d', raise) end
+  stamp = at
   local current = redis.call('HGET', KEYS[1], alias .. '_at')
-  if (not current) or tonumber(current) < at then
-    redis.call('HSET', KEYS[1], alias, ARGV[i + 1], alias .. '_at', ARGV[3], alias .. '_by', ARGV[4])
+  if (not current) or tonumber(current) < tonumber(at) then
+    redis.call('HSET', KEYS[1], alias, ARGV[i + 1], alias .. '_at', at, alias .. '_by', ARGV[i + 4])
     if alias == 'canary' then redis.call('HSET', KEYS[1], 'canary_weight', ARGV[i + 2]) end
     applied = applied + 1
   end
 end
-if applied == 0 then return 0 end
+if applied == 0 then return {0, stamp} end
 redis.call('SADD', KEYS[2], ARGV[1])
-return redis.call('HINCRBY', KEYS[1], 'revision', 1)
+local lowest = tonumber(ARGV[3])
+local rev = redis.call('HGET', KEYS[1], 'revision')
+local new
+if rev then
+  new = math.max(tonumber(rev) + 1, lowest)
+else
+  local t = redis.call('TIME')
+  new = math.max(tonumber(t[1]) * 1000000 + tonumber(t[2]), lowest)
+end
+redis.call('HSET', KEYS[1], 'revision', string.format('%d', new))
+return {new, stamp}
 """
+
+_RESTORED = "inference-last-known-good"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +130,7 @@ class AliasChange:
 Publish = Callable[[list[RolloutChangedV1]], Awaitable[None]]
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class RolloutState:
@@ -116,6 +149,10 @@ class RolloutState:
         self._publish = publish
         self._apply = redis.register_script(_APPLY)
         self._table: dict[str, ModelRoute] = {}
+        self._rows: dict[str, dict[bytes, bytes]] = {}
+        """The Redis hashes the in-memory copy was read from (change times included), to write back."""
+        self._generation: str | None = None
+        """The generation token read last: a different one means Redis lost the table since."""
         self.loaded = False
         """True once the table was read from Redis at least once."""
         self.redis_error: str | None = None
@@ -132,8 +169,12 @@ class RolloutState:
     def _models_key(self) -> str:
         return f"{self._prefix}rollout:models"
 
+    @property
+    def _generation_key(self) -> str:
+        return f"{self._prefix}rollout:generation"
+
     async def _models(self) -> list[str]:
-        return sorted(m.decode() if isinstance(m, bytes) else m for m in await self._redis.smembers(self._models_key))
+        return sorted(_text(m) for m in await self._redis.smembers(self._models_key))
 
     @property
     def table(self) -> dict[str, ModelRoute]:
@@ -156,8 +197,10 @@ class RolloutState:
     async def refresh(self) -> dict[str, ModelRoute]:
         """Re-read every model's rollout from Redis into the in-memory copy.
 
-        One round trip when the set of models is unchanged (the set and the known models' hashes
-        are read together); the metrics of a model's routes are set only when they changed.
+        One round trip when the set of models and the generation are unchanged (they and the known
+        models' hashes are read together); the metrics of a model's routes are set only when they
+        changed. When the generation is missing or new, Redis lost the table since this replica's
+        last read: its copy is written back first (see the module's docstring).
 
         Raises:
             RedisError: Redis did not answer (the previous copy stays).
@@ -165,25 +208,22 @@ class RolloutState:
         """
         known = sorted(self._table)
         async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(self._generation_key)
             pipe.smembers(self._models_key)
             for m in known:
                 pipe.hgetall(self._key(m))
-            members, *rows = await pipe.execute()
-        models = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
-        if not models and self._table:
-            # The model set only grows: an empty one means Redis lost its data. Write back what
-            # this replica served last, as the oldest change, so newer changes win over it.
-            log.warning("Redis has no rollout table; writing back the last known routes",
-                        extra={"models": sorted(self._table)})
-            for m, r in self._table.items():
-                held: tuple[tuple[Alias, int | None], ...] = (("champion", r.champion), ("canary", r.canary),
-                                                              ("shadow", r.shadow))
-                changes = [AliasChange(a, v, r.canary_weight if a == "canary" else None) for a, v in held
-                           if v is not None]
-                if changes:
-                    await self.apply(m, changes, changed_at=_EPOCH, changed_by="inference-last-known-good")
-            models = await self._models()
-            known = []
+            raw_generation, members, *rows = await pipe.execute()
+        models = sorted(_text(m) for m in members)
+        generation = None if raw_generation is None else _text(raw_generation)
+        if generation is None or generation != self._generation:
+            if self._rows:
+                await self._write_back(generation)
+            if generation is None:
+                await self._redis.set(self._generation_key, uuid.uuid4().hex, nx=True)
+                token = await self._redis.get(self._generation_key)
+                generation = None if token is None else _text(token)
+            self._generation = generation
+            models, known = await self._models(), []
         if models != known:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for m in models:
@@ -198,6 +238,7 @@ class RolloutState:
             except Exception:
                 log.exception("rollout table hook failed; the new table serves anyway")
         self._table = table
+        self._rows = dict(zip(models, rows, strict=True))
         self.loaded = True
         self.redis_error = None
         self.refreshed_at = time.monotonic()
@@ -208,8 +249,32 @@ class RolloutState:
                     metrics.ROLLOUT_VERSION.labels(m, alias).set(getattr(r, alias) or 0)
         return table
 
+    async def _write_back(self, generation: str | None) -> None:
+        """Merge the copy's aliases into Redis with their own change times; newer ones in Redis stay."""
+        restored = 0
+        for m, row in self._rows.items():
+            args: list[str | int | float] = [m, "", int(_text(row.get(b"revision", b"0")) or 0) + 1, ""]
+            for alias in ALIASES:
+                at = row.get(f"{alias}_at".encode())
+                if at is None:
+                    continue
+                weight = row.get(b"canary_weight", b"") if alias == "canary" else b""
+                args += [alias, _text(row.get(alias.encode(), b"")), _text(weight), _text(at),
+                         _text(row.get(f"{alias}_by".encode(), _RESTORED.encode()))]
+            if len(args) > 4:
+                revision, _ = await self._apply(keys=[self._key(m), self._models_key], args=args)
+                restored += int(revision) > 0
+        log.log(logging.WARNING if restored else logging.INFO,
+                "Redis lost the rollout table since this replica's last read; wrote back its last known routes "
+                "where Redis held nothing newer", extra={"models": sorted(self._rows), "restored": restored,
+                                                         "generation": generation})
+
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:
-        """Refresh every ``interval_s`` until ``stop`` is set; failures keep the last good copy."""
+        """Refresh every ``interval_s`` until ``stop`` is set; failures keep the last good copy.
+
+        Any failure of a round is logged and counted, and the next round runs: the refresher
+        never stops before ``stop``.
+        """
         while not stop.is_set():
             try:
                 await self.refresh()
@@ -217,6 +282,10 @@ class RolloutState:
                 self.redis_error = str(exc) or type(exc).__name__
                 metrics.ROLLOUT_REFRESH_FAILURES.inc()
                 log.warning("rollout refresh failed; serving the last known routes", extra={"error": str(exc)})
+            except Exception as exc:
+                self.redis_error = f"{type(exc).__name__}: {exc}"
+                metrics.ROLLOUT_REFRESH_FAILURES.inc()
+                log.exception("rollout refresh failed unexpectedly; serving the last known routes, retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
 
@@ -228,16 +297,27 @@ class RolloutState:
             RolloutConflict: ``expected_revision`` is not the current revision.
 
         """
-        args: list[str | int | float] = [model, "" if expected_revision is None else str(expected_revision),
-                                         _micros(changed_at), changed_by]
+        revision, _ = await self._write(model, changes, changed_at=changed_at, changed_by=changed_by,
+                                        expected_revision=expected_revision, newest=False)
+        return revision
+
+    async def _write(self, model: str, changes: Sequence[AliasChange], *, changed_at: datetime, changed_by: str,
+                     expected_revision: int | None, newest: bool) -> tuple[int, datetime]:
+        """Run the script: the new revision (0: nothing newer) and the change time it applied with."""
+        at = _micros(changed_at)
+        args: list[str | int | float] = [model, "" if expected_revision is None else str(expected_revision), 0,
+                                         "1" if newest else ""]
         for c in changes:
             c = c.checked()
-            args += [c.alias, "" if c.version is None else str(c.version), "" if c.weight is None else c.weight]
-        revision = int(await self._apply(keys=[self._key(model), self._models_key], args=args))
+            args += [c.alias, "" if c.version is None else str(c.version), "" if c.weight is None else c.weight,
+                     at, changed_by]
+        raw_revision, raw_at = await self._apply(keys=[self._key(model), self._models_key], args=args)
+        revision = int(raw_revision)
         if revision == -1:
             raise RolloutConflict(f"the rollout of {model!r} changed since revision {expected_revision}; "
                                   "read it again (GET /v1/rollout/{model}) and retry")
-        return revision
+        stamp = _text(raw_at)
+        return revision, (_EPOCH + int(stamp) * _MICROSECOND) if stamp else changed_at
 
     async def change(self, model: str, changes: Sequence[AliasChange], *, changed_by: str, reason: str,
                      origin: str, expected_revision: int | None = None) -> ModelRoute:
@@ -251,10 +331,12 @@ class RolloutState:
 
         """
         checked = [c.checked() for c in changes]
-        now = datetime.now(UTC)
         before = self._table.get(model, ModelRoute(model))
-        revision = await self.apply(model, checked, changed_at=now, changed_by=changed_by,
-                                    expected_revision=expected_revision)
+        # The operator's (or the analysis's) change is the newest intent: when an alias holds a
+        # later change time (a registry clock ahead of this one), the change takes the time just
+        # after it, so it applies here and its record wins on the topic too.
+        revision, now = await self._write(model, checked, changed_at=datetime.now(UTC), changed_by=changed_by,
+                                          expected_revision=expected_revision, newest=True)
         metrics.ROLLOUT_CHANGES.labels(origin).inc()
         await self.refresh()
         if self._publish is not None and revision > 0:
@@ -289,7 +371,12 @@ class RolloutState:
 
 
 def _micros(at: datetime) -> int:
-    return int(at.timestamp() * 1_000_000)
+    """Microseconds since the epoch, exactly (a float timestamp can be off by one)."""
+    return ((at if at.tzinfo is not None else at.replace(tzinfo=UTC)) - _EPOCH) // _MICROSECOND
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _route(model: str, row: dict[bytes, bytes]) -> ModelRoute:

@@ -25,6 +25,8 @@ from inference.shadow import ShadowMirror
 from inference.tensors import Signature, Spec, Tensor
 from prometheus_client import REGISTRY
 
+from services.inference.tests.unit.fakes import FixedRollout, NullSink
+
 X = [Tensor("x", "FP32", np.zeros((1, 4), np.float32))]
 
 
@@ -175,31 +177,13 @@ class _Onnx(_Triton):
         return await super().infer(model, version, inputs, outputs, timeout_s=timeout_s, request_id=request_id)
 
 
-class _Rollout:
-    loaded = True
-    redis_error = None
-
-    def __init__(self, route: ModelRoute) -> None:
-        self.table = {route.model: route}
-
-    def route(self, model: str) -> ModelRoute:
-        if model not in self.table:
-            raise ModelNotFound(f"model {model!r} has no rollout")
-        return self.table[model]
-
-
-class _Sink:
-    def offer(self, event: Any) -> bool:
-        return True
-
-
 def _core(triton: _Triton, fallback: _Triton | None = None, *, route: ModelRoute | None = None,
           name: str = "core") -> tuple[InferenceService, Clock]:
     clock = Clock()
     stats = CanaryStats()
     mirror = ShadowMirror(lambda *a: asyncio.sleep(0, []), lambda *a: None, queue_size=10, workers=1)
-    service = InferenceService(rollout=_Rollout(route or ModelRoute("m", champion=1)),  # type: ignore[arg-type]
-                               backend=triton, fallback=fallback, mirror=mirror, predictions=_Sink(),  # type: ignore[arg-type]
+    service = InferenceService(rollout=FixedRollout(route or ModelRoute("m", champion=1)),  # type: ignore[arg-type]
+                               backend=triton, fallback=fallback, mirror=mirror, predictions=NullSink(),  # type: ignore[arg-type]
                                stats=stats, labels=LabelJoin(stats, 10), store=None,  # type: ignore[arg-type]
                                timeout_s=0.3, max_inflight=64, clock=clock,
                                breaker=CircuitBreaker(name, failures=3, cooldown_s=2.0, probe_timeout_s=2.0,

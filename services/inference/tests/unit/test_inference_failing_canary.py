@@ -16,7 +16,8 @@ from inference.routing import ModelRoute, bucket
 from inference.service import InferRequest
 from inference.tensors import Tensor
 
-from services.inference.tests.unit.test_inference_version_gate import X, _Rollout, _service, _Triton
+from services.inference.tests.unit.fakes import FixedRollout
+from services.inference.tests.unit.test_inference_version_gate import X, _service, _Triton
 
 
 class _BrokenTriton(_Triton):
@@ -114,7 +115,7 @@ async def test_without_the_retry_the_caller_gets_the_canarys_502_and_the_canary_
 async def test_the_analysis_rolls_a_failing_canary_back_at_once_with_that_evidence() -> None:
     model = "g7d"
     route = ModelRoute(model, champion=1, canary=2, canary_weight=0.25, revision=3)
-    rollout = _Rollout(route)
+    rollout = FixedRollout(route)
     failing: dict[tuple[str, int], str] = {}
     published = []
 

@@ -19,6 +19,8 @@ from inference.service import InferenceService, InferRequest, PredictRequest
 from inference.shadow import MirrorJob, ShadowMirror
 from inference.tensors import Signature, Spec, Tensor, check_against, from_raw, from_values, to_raw
 
+from services.inference.tests.unit.fakes import FixedRollout
+
 
 @pytest.mark.parametrize("module", ["inference.routing", "inference.canary", "inference.shadow", "inference.breaker",
                                     "inference.service", "inference.contracts", "inference.infer_asgi",
@@ -122,18 +124,6 @@ async def test_mirror_queue_is_bounded_and_never_blocks_the_caller() -> None:
     await mirror.stop()
 
 
-class _Rollout:
-    loaded = True
-
-    def __init__(self, route: ModelRoute) -> None:
-        self.table = {route.model: route}
-
-    def route(self, model: str) -> ModelRoute:
-        if model not in self.table:
-            raise ModelNotFound(f"model {model!r} has no rollout")
-        return self.table[model]
-
-
 class _Backend:
     def __init__(self, name: str, *, down: bool = False, delay: float = 0.0) -> None:
         self.name = name
@@ -184,7 +174,7 @@ def _service(backend: _Backend, fallback: _Backend | None = None, *, max_infligh
     sink = _Sink()
     stats = CanaryStats()
     mirror = ShadowMirror(lambda *a: asyncio.sleep(0, []), lambda *a: None, queue_size=10, workers=1)
-    service = InferenceService(rollout=_Rollout(route or ModelRoute("m", champion=1)),  # type: ignore[arg-type]
+    service = InferenceService(rollout=FixedRollout(route or ModelRoute("m", champion=1)),  # type: ignore[arg-type]
                                backend=backend, fallback=fallback, mirror=mirror, predictions=sink, stats=stats,
                                labels=LabelJoin(stats, 10), store=None,  # type: ignore[arg-type]
                                timeout_s=1.0, max_inflight=max_inflight)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import doctest
-from typing import Any
 
 import numpy as np
 from inference import metrics, readiness
@@ -14,6 +13,8 @@ from inference.routing import ModelRoute, bucket
 from inference.service import InferenceService, InferRequest
 from inference.shadow import MirrorJob, ShadowMirror
 from inference.tensors import Signature, Spec, Tensor
+
+from services.inference.tests.unit.fakes import FixedRollout, NullSink
 
 X = [Tensor("x", "FP32", np.zeros((1, 4), np.float32))]
 
@@ -50,30 +51,13 @@ class _Triton:
         pass
 
 
-class _Rollout:
-    loaded = True
-    redis_error = None
-    refreshed_at = None
-
-    def __init__(self, route: ModelRoute) -> None:
-        self.table = {route.model: route}
-
-    def route(self, model: str) -> ModelRoute:
-        return self.table[model]
-
-
-class _Sink:
-    def offer(self, event: Any) -> bool:
-        return True
-
-
 def _service(triton: _Triton, route: ModelRoute, gate: VersionGate) -> tuple[InferenceService, list[MirrorJob]]:
     mirrored: list[MirrorJob] = []
     stats = CanaryStats()
     mirror = ShadowMirror(lambda *a: asyncio.sleep(0, []), lambda *a: None, queue_size=10, workers=1)
     mirror.offer = lambda job: mirrored.append(job) or True  # type: ignore[method-assign, func-returns-value]
-    service = InferenceService(rollout=_Rollout(route), backend=triton, fallback=None,  # type: ignore[arg-type]
-                               mirror=mirror, predictions=_Sink(), stats=stats,  # type: ignore[arg-type]
+    service = InferenceService(rollout=FixedRollout(route), backend=triton, fallback=None,  # type: ignore[arg-type]
+                               mirror=mirror, predictions=NullSink(), stats=stats,  # type: ignore[arg-type]
                                labels=LabelJoin(stats, 10), store=None,  # type: ignore[arg-type]
                                timeout_s=1.0, max_inflight=10, compare_canary=False, gate=gate)
     return service, mirrored
