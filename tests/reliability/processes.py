@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import httpx
 import pytest
@@ -354,25 +354,31 @@ def register_dataset(url: str, name: str) -> None:
     response = httpx.post(f"{url}/v1/datasets", json=spec, timeout=30)
     assert response.status_code in (200, 201), response.text
 @dataclass
-class Usage:
-    """Samples a process's resident memory and its TCP connections to ``ports`` every 0.1 s."""
+class Sampler:
+    """Calls :meth:`sample` every ``interval_s`` in a thread of its own, from :meth:`start` until :meth:`stop`.
 
-    pid: int
-    ports: tuple[int, ...]
-    samples: list[tuple[float, float, int]] = field(default_factory=list)
-    """(monotonic time, RSS in MiB, connections)."""
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    Sampling ends by itself when what it reads is gone (a process that exited: its ``/proc`` files
+    vanish); the samples so far stay.
+    """
+
+    interval_s: ClassVar[float] = 0.1
+    thread_name: ClassVar[str] = "sampler"
+    _stop: threading.Event = field(default_factory=threading.Event, kw_only=True, repr=False)
+    _thread: threading.Thread | None = field(default=None, kw_only=True, repr=False)
+
+    def sample(self) -> None:
+        """Take one sample (subclasses)."""
+        raise NotImplementedError
 
     def _run(self) -> None:
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(self.interval_s):
             try:
-                self.samples.append((time.monotonic(), rss_mb(self.pid), connections_to(self.pid, self.ports)))
-            except (FileNotFoundError, ProcessLookupError, RuntimeError):  # the process is gone
+                self.sample()
+            except (FileNotFoundError, ProcessLookupError, RuntimeError):  # what it reads is gone
                 return
 
-    def start(self) -> Usage:
-        self._thread = threading.Thread(target=self._run, name="usage-sampler", daemon=True)
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
         return self
 
@@ -381,13 +387,26 @@ class Usage:
         if self._thread is not None:
             self._thread.join(5)
 
+
+@dataclass
+class Usage(Sampler):
+    """Samples a process's resident memory and its TCP connections to ``ports`` every 0.1 s."""
+
+    thread_name: ClassVar[str] = "usage-sampler"
+    pid: int
+    ports: tuple[int, ...]
+    samples: list[tuple[float, float, int]] = field(default_factory=list)
+    """(monotonic time, RSS in MiB, connections)."""
+
+    def sample(self) -> None:
+        self.samples.append((time.monotonic(), rss_mb(self.pid), connections_to(self.pid, self.ports)))
+
     def between(self, t0: float, t1: float) -> list[tuple[float, float, int]]:
         return [s for s in self.samples if t0 <= s[0] < t1]
 
 
-
 @dataclass
-class CpuWait:
+class CpuWait(Sampler):
     """Samples, every 20 ms, how long some threads have waited for a CPU (run-queue time, from schedstat).
 
     On the two shared cores of the test bed an answer can be late only because the gateway's event
@@ -395,31 +414,14 @@ class CpuWait:
     time the gateway itself made a request wait.
     """
 
+    interval_s: ClassVar[float] = 0.02
+    thread_name: ClassVar[str] = "cpu-wait-sampler"
     paths: list[Path]
     samples: list[tuple[float, float]] = field(default_factory=list)
     """(monotonic time, seconds the threads waited for a CPU so far, summed)."""
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def _read(self) -> float:
-        return sum(int(p.read_text().split()[1]) for p in self.paths) / 1e9
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            try:
-                self.samples.append((time.monotonic(), self._read()))
-            except (FileNotFoundError, ProcessLookupError):
-                return
-
-    def start(self) -> CpuWait:
-        self._thread = threading.Thread(target=self._run, name="cpu-wait-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+    def sample(self) -> None:
+        self.samples.append((time.monotonic(), sum(int(p.read_text().split()[1]) for p in self.paths) / 1e9))
 
     def waited(self, t0: float, t1: float) -> float:
         """Run-queue time of the threads from the last sample at or before ``t0`` to the first at or after ``t1``."""
@@ -428,5 +430,24 @@ class CpuWait:
         if not before or not after:
             return 0.0
         return after[0] - before[-1]
+
+
+@dataclass
+class Rss(Sampler):
+    """Samples the resident memory of some processes every 0.5 s (only that: :class:`Usage` also reads
+    the socket tables every 0.1 s, a cost that grows with the sampling process's own connections)."""
+
+    interval_s: ClassVar[float] = 0.5
+    thread_name: ClassVar[str] = "rss-sampler"
+    pids: dict[str, int]
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def sample(self) -> None:
+        for name, pid in self.pids.items():
+            self.samples.setdefault(name, []).append(rss_mb(pid))
+
+    def growth(self) -> dict[str, float]:
+        """MiB from the first sample to the highest, by process."""
+        return {name: round(max(s) - s[0], 1) for name, s in self.samples.items()}
 
 

