@@ -335,7 +335,13 @@ class RolloutState:
         # The operator's (or the analysis's) change is the newest intent: when an alias holds a
         # later change time (a registry clock ahead of this one), the change takes the time just
         # after it, so it applies here and its record wins on the topic too.
-        revision, now = await self._write(model, checked, changed_at=datetime.now(UTC), changed_by=changed_by,
+        # Above this replica's copy too: after Redis lost the table, the copy is written back later.
+        now = datetime.now(UTC)
+        row = self._rows.get(model, {})
+        held = [int(_text(row[f"{c.alias}_at".encode()])) for c in checked if f"{c.alias}_at".encode() in row]
+        if held and max(held) >= _micros(now):
+            now = _EPOCH + (max(held) + 1) * _MICROSECOND
+        revision, now = await self._write(model, checked, changed_at=now, changed_by=changed_by,
                                           expected_revision=expected_revision, newest=True)
         metrics.ROLLOUT_CHANGES.labels(origin).inc()
         await self.refresh()

@@ -803,3 +803,13 @@ async def test_the_refresher_survives_an_unexpected_error(shared: Shared, monkey
     stop.set()
     await asyncio.wait_for(task, 5)
     assert state.redis_error is None and state.route("credit").champion == 1
+
+
+async def test_an_operator_change_after_redis_lost_the_table_wins_over_the_written_back_copy(shared: Shared) -> None:
+    state = await shared.replica()
+    await state.on_events([record("fraud", "champion", None, at=datetime.now(UTC) + timedelta(seconds=1))])
+    await shared.lose_the_table()
+    route = await operator(state, "fraud", "champion", 1)    # before any refresh: the copy is written back after
+    assert route.champion == 1
+    await state.refresh()
+    assert state.route("fraud").champion == 1
