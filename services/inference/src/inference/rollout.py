@@ -16,7 +16,8 @@ Requests never wait for Redis: each replica serves from an in-memory copy it ref
 says so in readiness). Redis also holds a generation token (``<prefix>rollout:generation``),
 which only the refresh writes. When a replica finds it missing (Redis restarted without
 persistence, flushed) or different from the one it last read (another replica found it missing
-first), it writes its last good copy back, each alias with its own change time and author, and
+first), or a model it serves gone from Redis (the routing keys deleted without the token), it
+writes its last good copy back, each alias with its own change time and author, and
 only where Redis holds nothing newer: changes written since the loss (the topic, an operator)
 keep winning, a replica's replay of older history never overrides a restored alias, and a copy
 that lags another replica's merges under it. A revision never repeats across a loss: a model's
@@ -215,7 +216,14 @@ class RolloutState:
             raw_generation, members, *rows = await pipe.execute()
         models = sorted(_text(m) for m in members)
         generation = None if raw_generation is None else _text(raw_generation)
-        if generation is None or generation != self._generation:
+        # Lost: the generation is missing or new (Redis restarted empty), or a model this replica
+        # knows is gone from Redis (its hash or its entry in the model set: models are never removed,
+        # only their aliases), as when the routing keys were deleted but not the token.
+        present = set(models)
+        lost = generation is None or generation != self._generation or any(
+            self._has_aliases(self._rows.get(m, {})) and (not row or m not in present)
+            for m, row in zip(known, rows, strict=True))
+        if lost:
             if self._rows:
                 await self._write_back(generation)
             if generation is None:
@@ -248,6 +256,10 @@ class RolloutState:
                 for alias in ALIASES:
                     metrics.ROLLOUT_VERSION.labels(m, alias).set(getattr(r, alias) or 0)
         return table
+
+    @staticmethod
+    def _has_aliases(row: dict[bytes, bytes]) -> bool:
+        return any(f"{alias}_at".encode() in row for alias in ALIASES)
 
     async def _write_back(self, generation: str | None) -> None:
         """Merge the copy's aliases into Redis with their own change times; newer ones in Redis stay."""
