@@ -1,7 +1,8 @@
 """G2 canary load failure: Triton refuses the canary's version; the champion serves on, unharmed.
 
 A registry process (SQLite, its own topics) and a gateway process (no fallback, Triton over HTTP
-for inference) in front of the session's real Triton. v1 is the champion, served under steady
+for inference) in front of a real Triton of the module's own (the refused loads stay off the
+session's server). v1 is the champion, served under steady
 paced traffic through the gateway (entities spread over both sides of a 50% canary split). The
 baseline p99 (B99) is measured first, in the same run. Then the fault: v2 was accepted by the
 registry, but the copy Triton reads is unloadable, and an operator moves the canary alias to it
@@ -67,6 +68,7 @@ from deploy.localstack import ServiceProcess, free_port
 from deploy.triton import MODEL_PY, python_backend_repository
 from services.inference.tests.integration.conftest import make_topics, v2_body
 from tests.fixtures.triton import TritonServer
+from tests.fixtures.triton import _start as start_triton
 from tests.reliability.paced_load import Answer, PacedLoad
 from tests.reliability.processes import CpuWait, gateway_process, wait_for
 
@@ -202,8 +204,18 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(triton: TritonServer, kafka_bootstrap: str, redis_url: str,
+def g2_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """A Triton of this module's own: refused loads and scratch models never touch the session's server."""
+    root = tmp_path_factory.mktemp("triton-g2")
+    server = start_triton(root / "repository", root / "work")
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def stack(g2_triton: TritonServer, kafka_bootstrap: str, redis_url: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    triton = g2_triton
     root = tmp_path_factory.mktemp("g2")
     rollout_topic, registered_topic = f"test.rollout.{uuid.uuid4().hex[:8]}", f"test.registered.{uuid.uuid4().hex[:8]}"
     make_topics(kafka_bootstrap, rollout_topic, registered_topic)
