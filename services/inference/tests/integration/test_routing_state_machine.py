@@ -156,7 +156,7 @@ class RoutingMachine(RuleBasedStateMachine):
     def __init__(self, redis_url: str) -> None:
         super().__init__()
         self.runner = asyncio.Runner()
-        self.redis_url = redis_url
+        self.redis_url = redis_url = own_database(redis_url)
         self.prefix = f"routing-sm-{uuid.uuid4().hex[:12]}:"
         self.topic: list[Envelope[RolloutChangedV1]] = []
         self.in_redis: dict[tuple[str, str], Held] = {}
@@ -177,7 +177,7 @@ class RoutingMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         async def close() -> None:
-            keys = [k async for k in self.admin.scan_iter(match=f"{self.prefix}*")]
+            keys = [k async for k in self.admin.scan_iter(match=f"{self.prefix}*", count=1000)]
             if keys:
                 await self.admin.delete(*keys)
             for r in self.replicas:
@@ -473,7 +473,7 @@ class RoutingMachine(RuleBasedStateMachine):
             return
 
         async def flush() -> None:
-            keys = [k async for k in self.admin.scan_iter(match=f"{self.prefix}*")]
+            keys = [k async for k in self.admin.scan_iter(match=f"{self.prefix}*", count=1000)]
             if keys:
                 await self.admin.delete(*keys)
 
@@ -523,7 +523,7 @@ class RoutingMachine(RuleBasedStateMachine):
         if now:
             return
         async def flush_and_close() -> None:
-            keys = [k async for k in self.admin.scan_iter(match=f"{self.prefix}*")]
+            keys = [k async for k in self.admin.scan_iter(match=f"{self.prefix}*", count=1000)]
             if keys:
                 await self.admin.delete(*keys)
             for r in self.replicas:
@@ -602,6 +602,13 @@ class RoutingMachine(RuleBasedStateMachine):
                 assert was <= on_canary, f"{m}: keys left the canary when its weight grew {weight} -> {row[2]}"
 
 
+def own_database(redis_url: str) -> str:
+    """``redis_url`` on database 15: the machine scans its keys after every simulated loss, and the session's
+    database 0 holds every other test's keys (online features, rollouts): a scan of those took minutes on CI."""
+    base = redis_url.rsplit("/", 1)[0] if redis_url.count("/") > 2 else redis_url.rstrip("/")
+    return f"{base}/15"
+
+
 def test_routing_state_machine(redis_url: str) -> None:
     run_state_machine_as_test(lambda: RoutingMachine(redis_url),
                               settings=settings(max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
@@ -617,7 +624,7 @@ class Shared:
     """Replicas over a fresh key prefix of the real Redis, and the rollout topic they publish to."""
 
     def __init__(self, redis_url: str) -> None:
-        self.redis_url = redis_url
+        self.redis_url = redis_url = own_database(redis_url)
         self.prefix = f"routing-case-{uuid.uuid4().hex[:12]}:"
         self.topic: list[RolloutChangedV1] = []
         self.admin = Redis.from_url(redis_url)
@@ -634,7 +641,7 @@ class Shared:
         self.topic.extend(events)
 
     async def lose_the_table(self) -> None:
-        keys = [k async for k in self.admin.scan_iter(match=f"{self.prefix}*")]
+        keys = [k async for k in self.admin.scan_iter(match=f"{self.prefix}*", count=1000)]
         if keys:
             await self.admin.delete(*keys)
 
