@@ -145,6 +145,33 @@ def metric_sum(metrics: Metrics, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in metrics.items() if n == name and set(labels.items()) <= set(ls))
 
 
+def proxied_gateway(triton: Any, proxy_url: str, bootstrap: str, redis_url: str, logs: Path, *,
+                    versions: tuple[int, ...], **extra: str) -> tuple[ServiceProcess, str]:
+    """A started gateway serving the suite's model (``versions`` loaded in ``triton``), its inference calls to
+    Triton through the fault proxy at ``proxy_url``, on a rollout topic of its own; the process and its URL."""
+    from services.inference.tests.integration.conftest import MODEL, make_topics
+    from services.inference.tests.onnx_models import all_versions, write_registry_model
+    from tests.fixtures.triton import add_model
+
+    repo = logs / "repo"
+    write_registry_model(repo, MODEL, all_versions())
+    add_model(triton, repo, MODEL, versions=versions)
+    rollout_topic = f"test.rollout.{uuid.uuid4().hex[:8]}"
+    make_topics(bootstrap, rollout_topic)
+    gateway = gateway_process(triton.grpc_url, bootstrap, redis_url, repo, logs, rollout_topic=rollout_topic,
+                              INFERENCE_TRITON_HTTP_URL=proxy_url, **extra)
+    gateway.start()
+    return gateway, f"http://127.0.0.1:{port_of(gateway)}"
+
+
+def set_rollout(url: str, model: str, alias: str, version: int | None, *, weight: float | None = None,
+                reason: str = "test") -> None:
+    """Point ``alias`` of ``model`` at ``version`` through the gateway at ``url``'s operator API (200 or fail)."""
+    r = httpx.put(f"{url}/v1/rollout/{model}", json={"alias": alias, "version": version, "weight": weight,
+                                                    "reason": reason}, timeout=30)
+    assert r.status_code == 200, r.text
+
+
 def port_of(process: ServiceProcess) -> int:
     """The HTTP port a service process listens on (from its readiness URL)."""
     return int(process.ready_url.rsplit(":", 1)[1].split("/", 1)[0])

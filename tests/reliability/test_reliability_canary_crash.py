@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import statistics
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
-from services.inference.tests.integration.conftest import MODEL, make_topics
-from services.inference.tests.onnx_models import all_versions, write_registry_model
-from tests.fixtures.triton import TritonServer, add_model
+from services.inference.tests.integration.conftest import MODEL
+from tests.fixtures.triton import TritonServer
 from tests.reliability.paced_load import Answer, PacedLoad, judge_answer_times, status_summary
-from tests.reliability.processes import gateway_process, metric_sum, metrics_of, port_of
+from tests.reliability.processes import metric_sum, metrics_of, proxied_gateway, set_rollout
 
 pytestmark = pytest.mark.integration
 
@@ -52,21 +50,10 @@ def _p99(answers: list[Answer]) -> float:
 def test_a_killed_canary_server_costs_callers_nothing_and_the_canary_is_rolled_back(
         private_triton: TritonServer, fault_proxy: str, kafka_bootstrap: str, redis_url: str,
         tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    write_registry_model(repo, MODEL, all_versions())
-    add_model(private_triton, repo, MODEL, versions=(1, CANARY))
-    rollout_topic = f"test.rollout.{uuid.uuid4().hex[:8]}"
-    make_topics(kafka_bootstrap, rollout_topic)
-    prefix = f"g1-{uuid.uuid4().hex[:8]}:"
-    gateway = gateway_process(private_triton.grpc_url, kafka_bootstrap, redis_url, repo, tmp_path,
-                              rollout_topic=rollout_topic, INFERENCE_TRITON_HTTP_URL=fault_proxy,
-                              INFERENCE_CANARY_ANALYSIS="true", INFERENCE_REDIS_PREFIX=prefix)
-    gateway.start()
-    url = f"http://127.0.0.1:{port_of(gateway)}"
-    for alias, version, weight in (("champion", 1, None), ("canary", CANARY, WEIGHT)):
-        r = httpx.put(f"{url}/v1/rollout/{MODEL}", json={"alias": alias, "version": version, "weight": weight,
-                                                         "reason": "G1"}, timeout=30)
-        assert r.status_code == 200, r.text
+    gateway, url = proxied_gateway(private_triton, fault_proxy, kafka_bootstrap, redis_url, tmp_path,
+                                   versions=(1, CANARY), INFERENCE_CANARY_ANALYSIS="true")
+    set_rollout(url, MODEL, "champion", 1, reason="G1")
+    set_rollout(url, MODEL, "canary", CANARY, weight=WEIGHT, reason="G1")
 
     load = PacedLoad(url, entities=100).start()
     shifted_at = rolled_back_at = None

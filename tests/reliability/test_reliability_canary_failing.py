@@ -32,10 +32,9 @@ import yaml
 
 from deploy.localstack import REPO, http_ok
 from services.inference.tests.integration.conftest import MODEL, make_topics
-from services.inference.tests.onnx_models import all_versions, write_registry_model
-from tests.fixtures.triton import TritonServer, add_model
+from tests.fixtures.triton import TritonServer
 from tests.reliability.paced_load import PacedLoad, status_summary
-from tests.reliability.processes import gateway_process, metric_sum, metrics_of, port_of, read_topic
+from tests.reliability.processes import metric_sum, metrics_of, proxied_gateway, read_topic, set_rollout
 
 pytestmark = pytest.mark.integration
 
@@ -48,21 +47,13 @@ AFTER_S = 10.0
 def test_a_ready_canary_that_fails_every_call_is_marked_and_rolled_back_and_costs_callers_nothing(
         private_triton: TritonServer, fault_proxy: str, kafka_bootstrap: str, redis_url: str,
         tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    write_registry_model(repo, MODEL, all_versions())
-    add_model(private_triton, repo, MODEL, versions=(1, CANARY))
-    suffix = uuid.uuid4().hex[:8]
-    rollout_topic, decisions_topic = f"test.rollout.{suffix}", f"test.decisions.{suffix}"
-    make_topics(kafka_bootstrap, rollout_topic, decisions_topic)
-    gateway = gateway_process(private_triton.grpc_url, kafka_bootstrap, redis_url, repo, tmp_path,
-                              rollout_topic=rollout_topic, INFERENCE_TRITON_HTTP_URL=fault_proxy,
-                              INFERENCE_CANARY_ANALYSIS="true", INFERENCE_CANARY_DECISIONS_TOPIC=decisions_topic)
-    gateway.start()
-    url = f"http://127.0.0.1:{port_of(gateway)}"
-    for alias, version, weight in (("champion", 1, None), ("canary", CANARY, WEIGHT)):
-        r = httpx.put(f"{url}/v1/rollout/{MODEL}", json={"alias": alias, "version": version, "weight": weight,
-                                                         "reason": "G7"}, timeout=30)
-        assert r.status_code == 200, r.text
+    decisions_topic = f"test.decisions.{uuid.uuid4().hex[:8]}"
+    make_topics(kafka_bootstrap, decisions_topic)
+    gateway, url = proxied_gateway(private_triton, fault_proxy, kafka_bootstrap, redis_url, tmp_path,
+                                   versions=(1, CANARY), INFERENCE_CANARY_ANALYSIS="true",
+                                   INFERENCE_CANARY_DECISIONS_TOPIC=decisions_topic)
+    set_rollout(url, MODEL, "champion", 1, reason="G7")
+    set_rollout(url, MODEL, "canary", CANARY, weight=WEIGHT, reason="G7")
 
     load = PacedLoad(url).start()
     marked_at = rolled_back_at = None

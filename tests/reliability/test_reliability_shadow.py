@@ -39,17 +39,15 @@ from __future__ import annotations
 import os
 import statistics
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
-from services.inference.tests.integration.conftest import MODEL, make_topics
-from services.inference.tests.onnx_models import all_versions, write_registry_model
-from tests.fixtures.triton import TritonServer, add_model
+from services.inference.tests.integration.conftest import MODEL
+from tests.fixtures.triton import TritonServer
 from tests.reliability.paced_load import Answer, PacedLoad, judge_answer_times, own_seconds, status_summary
-from tests.reliability.processes import CpuWait, Usage, gateway_process, metric_sum, metrics_of, port_of, wait_for
+from tests.reliability.processes import CpuWait, Usage, metric_sum, metrics_of, proxied_gateway, set_rollout, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -93,23 +91,13 @@ def _p99(answers: list[Answer], cpu: CpuWait | None = None) -> float:
 def test_a_failing_then_slow_shadow_costs_the_callers_nothing(
         private_triton: TritonServer, fault_proxy: str, kafka_bootstrap: str, redis_url: str,
         tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    write_registry_model(repo, MODEL, all_versions())
-    add_model(private_triton, repo, MODEL, versions=(1, SHADOW))
-    rollout_topic = f"test.rollout.{uuid.uuid4().hex[:8]}"
-    make_topics(kafka_bootstrap, rollout_topic)
-    gateway = gateway_process(private_triton.grpc_url, kafka_bootstrap, redis_url, repo, tmp_path,
-                              rollout_topic=rollout_topic, INFERENCE_TRITON_HTTP_URL=fault_proxy,
-                              INFERENCE_SHADOW_QUEUE_SIZE=str(QUEUE_SIZE))
-    gateway.start()
-    url = f"http://127.0.0.1:{port_of(gateway)}"
+    gateway, url = proxied_gateway(private_triton, fault_proxy, kafka_bootstrap, redis_url, tmp_path,
+                                   versions=(1, SHADOW), INFERENCE_SHADOW_QUEUE_SIZE=str(QUEUE_SIZE))
     assert gateway.process is not None
     pid = gateway.process.pid
 
     def rollout(alias: str, version: int | None) -> None:
-        r = httpx.put(f"{url}/v1/rollout/{MODEL}", json={"alias": alias, "version": version, "reason": "G5"},
-                      timeout=30)
-        assert r.status_code == 200, r.text
+        set_rollout(url, MODEL, alias, version, reason="G5")
 
     def fault(mode: str) -> None:
         r = httpx.put(f"{fault_proxy}/__fault", json={"model": MODEL, "version": SHADOW, "mode": mode,
