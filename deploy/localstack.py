@@ -25,11 +25,21 @@ class StartError(RuntimeError):
     """A process of the stack did not come up; the message holds the end of its log."""
 
 
+_HANDED_OUT: set[int] = set()
+"""Ports :func:`free_port` gave this process: the kernel may give a just-closed port again, and two
+servers started on one port (Triton's HTTP and gRPC endpoints, say) fail to start."""
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now and that this process was not given before."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise StartError("no free TCP port on 127.0.0.1 that was not handed out before")
 
 
 class Broker:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Callable, Iterator
 
@@ -13,19 +12,16 @@ from registry import cli
 from registry.app import create_app
 from registry.settings import Settings
 
+from deploy.localstack import free_port
+
 pytestmark = pytest.mark.integration
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def served(settings: Settings, wait_for: Callable[..., None]) -> Iterator[str]:
     """The registry served over HTTP by uvicorn in a thread; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -101,5 +97,5 @@ def test_tokens_list_show_promote_rollback_history(
 
 
 def test_unreachable_registry_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = _run(capsys, "--url", f"http://127.0.0.1:{_free_port()}", "list")
+    code, _, err = _run(capsys, "--url", f"http://127.0.0.1:{free_port()}", "list")
     assert code == 1 and "could not be reached" in err
