@@ -21,11 +21,15 @@ from services.inference.tests.unit.test_inference_version_gate import X, _servic
 
 
 class _BrokenTriton(_Triton):
-    """Triton answering every call to the versions in ``broken`` with a failure, while reporting them ready."""
+    """Triton reporting every version ready, whose calls to the versions in ``broken`` raise ``error``: by
+    default a failure Triton answers (plan G7); :class:`BackendUnavailable` is no answer at all (plan G1,
+    their server killed)."""
 
-    def __init__(self, ready_versions: set[int], broken: set[int]) -> None:
+    def __init__(self, ready_versions: set[int], broken: set[int], *,
+                 error: type[Exception] = BackendFailed) -> None:
         super().__init__(ready_versions)
         self.broken = broken
+        self.error = error
         self.calls: list[int] = []
         self.synthetic_inputs: list[list[Tensor]] = []
 
@@ -33,7 +37,7 @@ class _BrokenTriton(_Triton):
                     timeout_s: float, request_id: str = "") -> list[Tensor]:
         self.calls.append(version)
         if version in self.broken:
-            raise BackendFailed(f"Triton failed on {model} v{version}: injected")
+            raise self.error(f"Triton on {model} v{version}: injected {self.error.__name__}")
         return await super().infer(model, version, inputs, outputs, timeout_s=timeout_s, request_id=request_id)
 
 
@@ -179,26 +183,10 @@ def test_the_synthetic_request_is_zeros_of_the_signature_one_row() -> None:
     assert not np.any(sent[0][0].array)
 
 
-class _UnreachableCanary(_Triton):
-    """Triton whose calls to the versions in ``dead`` get no answer (their server killed): unreachable."""
-
-    def __init__(self, ready_versions: set[int], dead: set[int]) -> None:
-        super().__init__(ready_versions)
-        self.dead = dead
-        self.calls: list[int] = []
-
-    async def infer(self, model: str, version: int, inputs: list[Tensor], outputs: list[str] | None, *,
-                    timeout_s: float, request_id: str = "") -> list[Tensor]:
-        self.calls.append(version)
-        if version in self.dead:
-            raise BackendUnavailable("Triton at the configured URL is unreachable (connection closed during a call)")
-        return await super().infer(model, version, inputs, outputs, timeout_s=timeout_s, request_id=request_id)
-
-
 async def test_a_canary_whose_calls_get_no_answer_is_answered_by_the_champion_and_marked_failing() -> None:
     model = "g1a"
     route = ModelRoute(model, champion=1, canary=2, canary_weight=1.0)
-    triton = _UnreachableCanary({1, 2}, dead={2})
+    triton = _BrokenTriton({1, 2}, broken={2}, error=BackendUnavailable)
     gate = VersionGate(triton, failures_to_trip=5)
     await gate.on_table({model: route})
     service, _ = _service(triton, route, gate)
@@ -211,7 +199,7 @@ async def test_a_canary_whose_calls_get_no_answer_is_answered_by_the_champion_an
 async def test_when_triton_answers_nobody_the_canary_is_not_blamed() -> None:
     model = "g1b"
     route = ModelRoute(model, champion=1, canary=2, canary_weight=1.0)
-    triton = _UnreachableCanary({1, 2}, dead={1, 2})
+    triton = _BrokenTriton({1, 2}, broken={1, 2}, error=BackendUnavailable)
     gate = VersionGate(triton, failures_to_trip=2)
     await gate.on_table({model: route})
     service, _ = _service(triton, route, gate)
