@@ -124,7 +124,9 @@ class Settings(BaseSettings):
     canary_retry_on_champion: bool = True
     """A canary call that failed on Triton (an internal error, or no answer while the breaker is closed) is answered
     by the champion instead of the caller getting 502/503/504 (``inference_canary_retried_total``); the failure
-    still counts as the canary's evidence (one without an answer only once the champion answered)."""
+    still counts as the canary's evidence (one without an answer only once the champion answered). The champion's
+    call has its own ``backend_timeout_s``: a caller whose canary call timed out waits up to twice that for the
+    champion's answer; callers who would rather have the 504 at once turn this off."""
 
     canary_min_requests: int = Field(default=200, ge=1)
     """Canary requests a step needs before the analysis moves the weight up."""
