@@ -478,3 +478,30 @@ class Rss(Sampler):
         return {name: round(max(s) - s[0], 1) for name, s in self.samples.items()}
 
 
+
+
+def busiest_processes(seconds: float = 1.0, top: int = 6) -> str:
+    """The processes that used the most CPU over the next ``seconds`` (share of one CPU, command line), and the
+    load average: for failure messages of timing criteria, to tell the system's slowness from other work."""
+
+    def ticks() -> dict[int, tuple[int, str]]:
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                    command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                fields = stat[stat.rindex(")") + 2:].split()
+                found[int(entry.name)] = (int(fields[11]) + int(fields[12]), command.strip()[:100])
+        return found
+
+    before = ticks()
+    time.sleep(seconds)
+    after = ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    used = sorted(((t - before[pid][0]) / hz / seconds, pid, command) for pid, (t, command) in after.items()
+                  if pid in before)
+    listed = "; ".join(f"{share:.0%} pid {pid} {command}" for share, pid, command in reversed(used[-top:]) if share > 0)
+    return f"load average {os.getloadavg()[0]:.1f}; busiest over {seconds:.0f} s: {listed or 'none'}"

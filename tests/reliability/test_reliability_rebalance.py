@@ -49,7 +49,7 @@ from tributary_kit.codec import encode_event
 
 from deploy.localstack import ServiceProcess
 from schemas import topics
-from tests.reliability.processes import Record, drift_process, kill9, port_of, read_topic, wait_for
+from tests.reliability.processes import Record, busiest_processes, drift_process, kill9, port_of, read_topic, wait_for
 
 FULL = os.environ.get("TRIBUTARY_K6_FULL") == "1"
 CYCLES, UP_S, DOWN_S = (5, 30.0, 30.0) if FULL else (3, 12.0, 20.0)
@@ -210,11 +210,18 @@ def test_rebalance_churn_loses_reorders_and_duplicates_nothing(kafka_bootstrap: 
             killed = time.monotonic()
             takeover = wait_for(lambda s=survivor: role(slots[s]) == "active" and time.monotonic(),
                                 f"{survivor} active after {victim} was killed", LAG_WITHIN_S)
-            drained = wait_for(lambda: lag(kafka_bootstrap, group, partitions) < LAG_LIMIT and time.monotonic(),
-                               lambda c=cycle, s=survivor: f"lag < {LAG_LIMIT} after cycle {c} (committed, end: "
-                                                           f"{lag_by_partition(kafka_bootstrap, group, partitions)}); "
-                                                           f"{s}'s log:\n{slots[s].tail(60)}",
-                               LAG_WITHIN_S - (time.monotonic() - killed), every_s=0.5)
+            lags: list[tuple[float, int]] = []   # (seconds after the kill, lag): how the survivor drains
+
+            def drained_at(lags: list[tuple[float, int]] = lags, killed: float = killed) -> float | None:
+                lags.append((time.monotonic() - killed, lag(kafka_bootstrap, group, partitions)))
+                return time.monotonic() if lags[-1][1] < LAG_LIMIT else None
+
+            def stuck(c: int = cycle, s: str = survivor, lags: list[tuple[float, int]] = lags) -> str:
+                return (f"lag < {LAG_LIMIT} after cycle {c} (committed, end: "
+                        f"{lag_by_partition(kafka_bootstrap, group, partitions)}; lag by seconds after the kill: "
+                        f"{_every_5s(lags)}; {busiest_processes()}); {s}'s log:\n{slots[s].tail(60)}")
+
+            drained = wait_for(drained_at, stuck, LAG_WITHIN_S - (time.monotonic() - killed), every_s=0.5)
             time.sleep(max(0.0, DOWN_S - (time.monotonic() - killed)))
 
             # the broker's view: one member left, holding every partition of the group's topics once
@@ -231,7 +238,8 @@ def test_rebalance_churn_loses_reorders_and_duplicates_nothing(kafka_bootstrap: 
             before = after
             measures.append(f"cycle {cycle}: joined {joined:.1f}s, killed {victim} "
                             f"({'active' if victim == old else 'standby'}), {survivor} active after "
-                            f"{takeover - killed:.1f}s, lag < {LAG_LIMIT} after {drained - killed:.1f}s")
+                            f"{takeover - killed:.1f}s, lag < {LAG_LIMIT} after {drained - killed:.1f}s (peak "
+                            f"{max(v for _, v in lags)}: {_every_5s(lags)})")
         stream.stop()
         total = stream.count()
         (last,) = running
@@ -251,6 +259,18 @@ def test_rebalance_churn_loses_reorders_and_duplicates_nothing(kafka_bootstrap: 
         stream._stop.set()
         for process in slots.values():
             process.stop()
+
+
+def _every_5s(lags: list[tuple[float, int]]) -> str:
+    """One (seconds, lag) sample per 5 s, and the last."""
+    kept, next_at = [], 0.0
+    for at, value in lags:
+        if at >= next_at:
+            kept.append(f"{at:.0f}s {value}")
+            next_at = at + 5.0
+    if lags:
+        kept.append(f"{lags[-1][0]:.0f}s {lags[-1][1]}")
+    return ", ".join(kept)
 
 
 def this_drift_reports(bootstrap: str, dataset: str, group: str) -> list[Record]:

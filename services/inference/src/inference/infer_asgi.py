@@ -72,6 +72,12 @@ class V2InferRoute:
         if target is None or service is None:
             await self.app(scope, receive, send)
             return
+        refusal = service.shed()
+        if refusal is not None:
+            # Refused before the body is read or decoded (uvicorn discards an unread body).
+            await self._send(send, 429, "application/json", orjson.dumps({"error": refusal, "code": "overloaded"}),
+                             [(b"retry-after", str(self.state.settings.retry_after_s).encode())])
+            return
         headers: dict[bytes, bytes] = {}
         for key, value in scope["headers"]:
             if key in _WANTED:
@@ -106,6 +112,11 @@ class V2InferRoute:
             log.exception("v2 infer failed", extra={"path": scope["path"]})
             status, media_type = 500, "application/json"
             content = orjson.dumps({"error": "internal error; see the gateway's log", "code": "internal_error"})
+        await self._send(send, status, media_type, content, extra)
+
+    @staticmethod
+    async def _send(send: Send, status: int, media_type: str, content: bytes,
+                    extra: list[tuple[bytes, bytes]]) -> None:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", media_type.encode()),
                                 (b"content-length", str(len(content)).encode()), *extra]})

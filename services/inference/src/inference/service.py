@@ -208,11 +208,24 @@ class InferenceService:
         self._ids = RequestIds()
         # Labelled metric children by label values: looking them up per request costs a lock each.
         self._inflight_gauge = metrics.INFLIGHT
+        self._shed_inflight = metrics.SHED.labels("inflight")
         self._request_counters: dict[tuple[str, ...], Any] = {}
         self._latency_histograms: dict[tuple[str, ...], Any] = {}
         self._backend_histograms: dict[tuple[str, ...], Any] = {}
 
     # -- requests -----------------------------------------------------------------------------
+
+    def shed(self) -> str | None:
+        """Why a request arriving now is refused (429) when the gateway is at its limit of requests in flight.
+
+        None when it is not. Counted in ``inference_shed_total{reason="inflight"}``. The protocol
+        fronts ask before they decode a body: under overload most requests are refused, and each
+        refusal's cost comes out of the CPU that serves the admitted ones.
+        """
+        if self._inflight < self.max_inflight:
+            return None
+        self._shed_inflight.inc()
+        return f"{self._inflight} requests in flight (limit {self.max_inflight}); retry shortly"
 
     async def infer(self, request: InferRequest) -> InferResult:
         """Route, check, run and record one request.
@@ -223,9 +236,9 @@ class InferenceService:
             BackendUnavailable, BackendTimeout, BackendFailed: the backend failed (5xx).
 
         """
-        if self._inflight >= self.max_inflight:
-            metrics.SHED.labels("inflight").inc()
-            raise Overloaded(f"{self._inflight} requests in flight (limit {self.max_inflight}); retry shortly")
+        refusal = self.shed()
+        if refusal is not None:
+            raise Overloaded(refusal)
         self._inflight += 1
         self._inflight_gauge.set(self._inflight)
         started = time.perf_counter()

@@ -232,6 +232,42 @@ async def test_core_sheds_load_and_refuses_unknown_or_unapproved_versions() -> N
         await service.infer(InferRequest(model="m", inputs=X, version=7))
 
 
+async def test_the_v2_front_refuses_at_the_limit_before_reading_the_body() -> None:
+    from types import SimpleNamespace
+
+    from inference import metrics
+    from inference.infer_asgi import V2InferRoute
+
+    service, _ = _service(_Backend("triton", delay=0.2), max_inflight=1)
+    busy = asyncio.create_task(service.infer(InferRequest(model="m", inputs=X)))
+    await asyncio.sleep(0.01)  # the one request the limit admits is in flight
+    shed_before = metrics.SHED.labels("inflight")._value.get()
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("the body was read although the request is refused")
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the v2 infer route went to FastAPI")
+
+    state = SimpleNamespace(service=service, settings=SimpleNamespace(retry_after_s=3))
+    route = V2InferRoute(app, state)  # type: ignore[arg-type]
+    await route({"type": "http", "method": "POST", "path": "/v2/models/m/infer",
+                 "headers": [(b"content-length", b"100")]}, receive, send)
+    await busy
+
+    start, body = sent
+    assert start["status"] == 429 and (b"retry-after", b"3") in start["headers"]
+    assert b'"code":"overloaded"' in body["body"] and b"limit 1" in body["body"]
+    assert metrics.SHED.labels("inflight")._value.get() == shed_before + 1
+    # Below the limit again, the same front serves.
+    assert service.shed() is None
+
+
 class _ContractBackend(_Backend):
     """A trainer-built model: `numeric` FP32 and `categorical` INT64 inputs, one `probability` output."""
 
