@@ -41,9 +41,10 @@ event loop waited for a CPU :data:`STARVED_SHARE` of the time), or the client sk
 tenth of its send slots (it skips those it is more than 50 ms late for). Otherwise the test fails.
 With the CPUs split, a goodput miss while other work took less than :data:`FOREIGN_SHARE` of the
 system's CPUs is the gateway's own (skipped slots only lower the offered rate): an expected failure
-reported as the known gap it is (measured 2026-12-05: T 1,200 req/s with gateway and Triton on one
-CPU, goodput 0.65 T at 3T; the gateway's event loop ran 59% and waited for its CPU 27% of the
-overload refusing 2,300 requests a second, about 0.1 ms of its CPU each).
+reported as the known gap it is (measured 2026-12-05 with gateway and Triton on one CPU: T 1,200
+req/s; goodput at 3T 0.65 T while the gateway decoded each request before refusing it, 0.96 T once
+it refused before reading the body; the admitted p99 and the refusals' p99 stay above their bounds
+with the gateway's event loop busy or waiting for its CPU 89% of the overload).
 The same holds for the setup: requests refused at the baseline's light load, or no sustainable rate
 at all, are an expected failure on a starved test bed and a failure otherwise. A rate the client
 cannot keep is not counted as sustainable in the search.
