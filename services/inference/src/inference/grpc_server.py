@@ -21,7 +21,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from inference import __version__
-from inference.errors import InferenceError, InvalidInput, ModelNotFound, http_status
+from inference.errors import InferenceError, InvalidInput, ModelNotFound, Overloaded, http_status
 from inference.routing import ModelRoute
 from inference.service import InferenceService, InferRequest
 from inference.tensors import NUMPY, Spec, Tensor, check_shape, from_raw, to_raw
@@ -169,6 +169,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Run the version the rollout routes this caller to (or the pinned one)."""
         try:
+            refusal = self.service.shed()
+            if refusal is not None:  # before the tensors are decoded: refusals under overload stay cheap
+                raise Overloaded(refusal)
             raw = list(request.raw_input_contents)
             if raw and len(raw) != len(request.inputs):
                 raise InvalidInput(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")

@@ -268,6 +268,29 @@ async def test_the_v2_front_refuses_at_the_limit_before_reading_the_body() -> No
     assert service.shed() is None
 
 
+async def test_the_grpc_front_refuses_at_the_limit_before_decoding_the_tensors() -> None:
+    import grpc
+    from inference.grpc_server import InferenceServicer
+    from tritonclient.grpc import service_pb2 as pb
+
+    service, _ = _service(_Backend("triton", delay=0.2), max_inflight=1)
+    busy = asyncio.create_task(service.infer(InferRequest(model="m", inputs=X)))
+    await asyncio.sleep(0.01)
+    aborted: list[tuple[Any, str]] = []
+
+    class Context:
+        async def abort(self, code: Any, details: str) -> None:
+            aborted.append((code, details))
+            raise RuntimeError("aborted")
+
+    # Tensors that would be refused as invalid if they were decoded: the limit answers first.
+    request = pb.ModelInferRequest(model_name="m", raw_input_contents=[b"x", b"y"])
+    with pytest.raises(RuntimeError, match="aborted"):
+        await InferenceServicer(service, None).ModelInfer(request, Context())  # type: ignore[arg-type]
+    await busy
+    assert aborted == [(grpc.StatusCode.RESOURCE_EXHAUSTED, "1 requests in flight (limit 1); retry shortly")]
+
+
 class _ContractBackend(_Backend):
     """A trainer-built model: `numeric` FP32 and `categorical` INT64 inputs, one `probability` output."""
 
