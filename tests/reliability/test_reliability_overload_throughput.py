@@ -325,10 +325,13 @@ def test_three_times_the_sustainable_rate_is_shed_fast_and_goodput_holds(
     add_model(private_triton, repo.root, MODEL, versions=[1])
 
     rollout_topic = f"test.rollout.{uuid.uuid4().hex[:8]}"
-    make_topics(kafka_bootstrap, rollout_topic)
+    # Its own predictions topic: the run publishes ~100,000 prediction events, which would otherwise
+    # be a backlog for every later consumer of the session's topic (a new drift group reads it all).
+    predictions_topic = f"test.predictions.{uuid.uuid4().hex[:8]}"
+    make_topics(kafka_bootstrap, rollout_topic, predictions_topic)
     gateway = gateway_process(private_triton.grpc_url, kafka_bootstrap, redis_url, repo.root, tmp_path,
                               rollout_topic=rollout_topic, INFERENCE_TRITON_HTTP_URL=private_triton.http_url,
-                              INFERENCE_MAX_INFLIGHT=str(MAX_INFLIGHT))
+                              INFERENCE_MAX_INFLIGHT=str(MAX_INFLIGHT), INFERENCE_PREDICTIONS_TOPIC=predictions_topic)
     gateway.start()
     assert gateway.process is not None
     url = f"http://127.0.0.1:{port_of(gateway)}"

@@ -42,6 +42,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from drift.kafka import APP_ID_HEADER
+from drift.stream import INPUT_TOPICS
 from schemas.ingest import FeatureEventV1
 from schemas.topics import CATALOGUE
 from tributary_kit.admin import ensure_topics
@@ -54,13 +55,15 @@ from tests.reliability.processes import Record, busiest_processes, drift_process
 FULL = os.environ.get("TRIBUTARY_K6_FULL") == "1"
 CYCLES, UP_S, DOWN_S = (5, 30.0, 30.0) if FULL else (3, 12.0, 20.0)
 
-# about 3 min in CI; the plan's cycles take 5 x (start + 60 s) plus the drain
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900 if FULL else 300)]
+# about 3 min in CI after catching up with the session's topics; the plan's 5 x (start + 60 s) plus the drain
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500 if FULL else 900)]
 RATE = 100.0
 WINDOW = 100
 KEYS = 30
 SESSION_S = 8
 LAG_LIMIT, LAG_WITHIN_S = 200, 60.0
+CATCH_UP_S = 420.0
+"""Longest wait for the first worker to catch up with what the session's feature topic already holds."""
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 
 
@@ -156,6 +159,22 @@ def lag(bootstrap: str, group: str, partitions: list[int]) -> int:
     return sum(end - max(done, 0) for done, end in lag_by_partition(bootstrap, group, partitions).values())
 
 
+def input_lag(admin: AdminClient, bootstrap: str, group: str) -> int:
+    """Records of every drift input topic after the group's committed offsets (all partitions)."""
+    wanted = [TopicPartition(name, p) for name in INPUT_TOPICS
+              for p in admin.list_topics(name, timeout=10).topics[name].partitions]
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        done = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(wanted, timeout=15)}
+        total = 0
+        for tp in wanted:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            total += high - max(done[(tp.topic, tp.partition)], low)
+        return total
+    finally:
+        consumer.close()
+
+
 def lag_by_partition(bootstrap: str, group: str, partitions: list[int]) -> dict[int, tuple[int, int]]:
     """(committed offset, end offset) of every feature partition."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"k6-lag-{uuid.uuid4()}"})
@@ -192,6 +211,18 @@ def test_rebalance_churn_loses_reorders_and_duplicates_nothing(kafka_bootstrap: 
         stream.start()
         wait_for(lambda: all(o >= 0 for o in committed(kafka_bootstrap, group, partitions).values()),
                  "first commits on every feature partition", 90)
+        # The input topics are the session's: earlier tests' events are there too (in CI, tens of
+        # thousands of prediction events from the gateway tests), and a new group reads them all first,
+        # in the same process that reads the features. The plan's setup is a worker keeping up with the
+        # stream, so the cycles start once it has caught up with every input topic (in CI the worker was
+        # still busy with that backlog at the first kill: CPU 100%, feature lag 7,400).
+        backlog, caught_up_from = input_lag(admin, kafka_bootstrap, group), time.monotonic()
+        wait_for(lambda: input_lag(admin, kafka_bootstrap, group) < LAG_LIMIT,
+                 lambda: f"worker a caught up with its input topics' backlog of {backlog} records (lag now "
+                         f"{input_lag(admin, kafka_bootstrap, group)}; {busiest_processes()})", CATCH_UP_S,
+                 every_s=1.0)
+        measures.append(f"backlog {backlog} records on the input topics before the cycles, caught up in "
+                        f"{time.monotonic() - caught_up_from:.0f}s")
         before = committed(kafka_bootstrap, group, partitions)
         for cycle in range(CYCLES):
             newcomer = "b" if "a" in running else "a"
