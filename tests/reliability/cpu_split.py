@@ -56,17 +56,20 @@ def pin(pid: int, cpus: frozenset[int], *, with_children: bool = True) -> None:
                 os.sched_setaffinity(int(tid), cpus)
 
 
+def cpu_ticks(pid: int) -> int | None:
+    """Clock ticks of CPU (user + system, every thread) process ``pid`` has used; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """CPU time (user + system, every thread) the processes ``pids`` and their live descendants have used."""
-    total = 0
-    for process in {p for pid in pids for p in [pid, *children(pid)]}:
-        try:
-            stat = Path(f"/proc/{process}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
-    return total / TICKS
+    ticks = (cpu_ticks(p) for p in {p for pid in pids for p in [pid, *children(pid)]})
+    return sum(t for t in ticks if t is not None) / TICKS
 
 
 def busy_seconds(cpus: frozenset[int]) -> float:

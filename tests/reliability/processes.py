@@ -26,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.localstack import ServiceProcess, free_port
+from tests.reliability.cpu_split import TICKS, cpu_ticks
 
 T = TypeVar("T")
 
@@ -484,24 +485,22 @@ def busiest_processes(seconds: float = 1.0, top: int = 6) -> str:
     """The processes that used the most CPU over the next ``seconds`` (share of one CPU, command line), and the
     load average: for failure messages of timing criteria, to tell the system's slowness from other work."""
 
-    def ticks() -> dict[int, tuple[int, str]]:
+    def ticks() -> dict[int, int]:
         found = {}
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                    command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                fields = stat[stat.rindex(")") + 2:].split()
-                found[int(entry.name)] = (int(fields[11]) + int(fields[12]), command.strip()[:100])
+            if entry.name.isdigit() and (used := cpu_ticks(int(entry.name))) is not None:
+                found[int(entry.name)] = used
         return found
+
+    def command(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:100]
+        except OSError:
+            return "(gone)"
 
     before = ticks()
     time.sleep(seconds)
     after = ticks()
-    hz = os.sysconf("SC_CLK_TCK")
-    used = sorted(((t - before[pid][0]) / hz / seconds, pid, command) for pid, (t, command) in after.items()
-                  if pid in before)
-    listed = "; ".join(f"{share:.0%} pid {pid} {command}" for share, pid, command in reversed(used[-top:]) if share > 0)
+    used = sorted(((t - before[pid]) / TICKS / seconds, pid) for pid, t in after.items() if pid in before)[-top:]
+    listed = "; ".join(f"{share:.0%} pid {pid} {command(pid)}" for share, pid in reversed(used) if share > 0)
     return f"load average {os.getloadavg()[0]:.1f}; busiest over {seconds:.0f} s: {listed or 'none'}"

@@ -63,7 +63,7 @@ KEYS = 30
 SESSION_S = 8
 LAG_LIMIT, LAG_WITHIN_S = 200, 60.0
 CATCH_UP_S = 420.0
-"""Longest wait for the first worker to catch up with what the session's feature topic already holds."""
+"""Longest wait for the first worker to catch up with what the session's input topics already hold."""
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 
 

@@ -20,7 +20,7 @@ from starlette.datastructures import State
 from tributary_kit.asgi_front import ASGIApp, ClientGone, Receive, Scope, Send, body_chunks, install_front
 
 from inference.api import ENTITY_HEADER, _answer, _infer_request
-from inference.errors import InferenceError, InvalidInput, http_status
+from inference.errors import InferenceError, InvalidInput, Overloaded, http_status
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,6 @@ class V2InferRoute:
         if target is None or service is None:
             await self.app(scope, receive, send)
             return
-        refusal = service.shed()
-        if refusal is not None:
-            # Refused before the body is read or decoded (uvicorn discards an unread body).
-            await self._send(send, 429, "application/json", orjson.dumps({"error": refusal, "code": "overloaded"}),
-                             [(b"retry-after", str(self.state.settings.retry_after_s).encode())])
-            return
         headers: dict[bytes, bytes] = {}
         for key, value in scope["headers"]:
             if key in _WANTED:
@@ -85,6 +79,9 @@ class V2InferRoute:
         status = 200
         extra: list[tuple[bytes, bytes]] = []
         try:
+            refusal = service.shed()
+            if refusal is not None:  # before the body is read or decoded (uvicorn discards an unread body)
+                raise Overloaded(refusal)
             body = await self._body(receive, headers.get(b"content-length"))
             length = headers.get(b"inference-header-content-length")
             entity = headers.get(ENTITY_HEADER.encode())
@@ -112,11 +109,6 @@ class V2InferRoute:
             log.exception("v2 infer failed", extra={"path": scope["path"]})
             status, media_type = 500, "application/json"
             content = orjson.dumps({"error": "internal error; see the gateway's log", "code": "internal_error"})
-        await self._send(send, status, media_type, content, extra)
-
-    @staticmethod
-    async def _send(send: Send, status: int, media_type: str, content: bytes,
-                    extra: list[tuple[bytes, bytes]]) -> None:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", media_type.encode()),
                                 (b"content-length", str(len(content)).encode()), *extra]})
