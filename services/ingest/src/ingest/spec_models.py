@@ -31,9 +31,11 @@ from ingest.validation import INT64_MAX, INT64_MIN
 
 log = logging.getLogger(__name__)
 
-# The contract's patterns with ``\Z`` for ``$``: msgspec searches with Python's ``re``, where
-# ``$`` also matches before a trailing newline that pydantic's regex refuses.
-_EVENT_ID = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*\Z")]
+# The contract's event id: its length is checked by msgspec per event, its characters by one
+# regular expression over the whole batch's ids (:func:`_ids_match`): a pattern constraint on
+# the struct would run Python's ``re`` once per event, a third of the batch's decoding time.
+_EVENT_ID = Annotated[str, Meta(min_length=1, max_length=128)]
+_EVENT_IDS = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._:\-]*\n)*")
 _ENTITY_ID = Annotated[str, Meta(min_length=1, max_length=256)]
 _AWARE = Annotated[datetime, Meta(tz=True)]
 # msgspec rounds fractional seconds beyond microseconds where pydantic truncates them: batches
@@ -136,6 +138,19 @@ def feature_event_types(specs: Iterable[DatasetSpec]) -> dict[str, type[FeatureE
     return out
 
 
+def _ids_match(events: Sequence[FeatureEventStruct]) -> bool:
+    """True when every event id matches the contract's pattern (as :mod:`schemas.envelope` states it).
+
+    The ids are joined one per line and matched at once. An id holding a line break of its own
+    would split into lines that might each match, so the number of line breaks must also be
+    exactly the number of events.
+    """
+    if not events:
+        return True
+    joined = "\n".join([e.event_id for e in events]) + "\n"
+    return joined.count("\n") == len(events) and _EVENT_IDS.fullmatch(joined) is not None
+
+
 class BatchValidator:
     """Decodes whole JSON arrays of feature events against every registered dataset at once."""
 
@@ -157,7 +172,7 @@ class BatchValidator:
             events: list[FeatureEventStruct] = self._decoder.decode(body)
         except msgspec.DecodeError:  # also not JSON, or NaN/Infinity: the row path says which row
             return None
-        return events
+        return events if _ids_match(events) else None
 
     def payloads(self, events: Sequence[FeatureEventStruct]) -> list[bytes]:
         """The JSON payload of each event, as the contract's fields (defaults included)."""

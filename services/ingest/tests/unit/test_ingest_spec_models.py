@@ -98,6 +98,10 @@ def _candidates() -> list[dict[str, Any]]:
         out.append({**_event(spec.name, base), "event_id": "bad id"})
         out.append({**_event(spec.name, base), "entity_id": ""})
         out.append({**_event(spec.name, base), "event_id": "e-1\n"})
+        out.append({**_event(spec.name, base), "event_id": "e-1\ne-2"})
+        out.append({**_event(spec.name, base), "event_id": "\ne-1"})
+        out.append({**_event(spec.name, base), "event_id": "-e"})
+        out.append({**_event(spec.name, base), "event_id": "e.1:2_3-4"})
         out.append({**_event(spec.name, base), "event_id": "x" * 129})
         out.append({**_event(spec.name, base), "entity_id": "c" * 257})
         out.append({**_event(spec.name, base), "event_id": 5})
@@ -206,7 +210,21 @@ TRICKY: list[tuple[str, dict[str, Any], bool]] = [
     ("number class", _event("tiers", {"x": 1}, 2), True),
     ("unknown dataset", _event("nope", {"x": 1}), False),
     ("many decimals", _event("credit", {"income": 12.123456789012, "ratio": 0.1234567, "segment": "a"}), True),
+    ("id of two valid ids on two lines", {**_event("credit", {"income": 1, "ratio": 0.5, "segment": "a"}),
+                                          "event_id": "e-1\ne-2"}, False),
+    ("id with a space", {**_event("credit", {"income": 1, "ratio": 0.5, "segment": "a"}), "event_id": "e 1"}, False),
+    ("id of every allowed character", {**_event("credit", {"income": 1, "ratio": 0.5, "segment": "a"}),
+                                       "event_id": "Az09._:-"}, True),
 ]
+
+
+def test_one_bad_event_id_anywhere_in_a_batch_sends_it_to_the_row_path() -> None:
+    batch = [{**_event("credit", _valid_features("credit")), "event_id": f"e-{i}"} for i in range(50)]
+    assert VALIDATOR.validate_json(json.dumps(batch).encode()) is not None
+    for where, bad in ((0, "_e"), (25, "e\n25"), (49, "e/49"), (25, "e-25\n")):
+        mutated = [dict(e) for e in batch]
+        mutated[where]["event_id"] = bad
+        assert VALIDATOR.validate_json(json.dumps(mutated).encode()) is None, (where, bad)
 
 
 @pytest.mark.parametrize(("name", "event", "valid"), TRICKY, ids=[t[0] for t in TRICKY])
