@@ -174,6 +174,8 @@ def create_app(settings: Settings) -> FastAPI:
                     tracer=tracer))
             for c in consumers:
                 spawn(c.run(), f"inference-consumer-{c.name}")
+                if c.name == "rollout":
+                    spawn(_live_after_replay(rollout, c), "inference-rollout-live")
             if settings.canary_analysis:
                 spawn(analyzer.run(stop), "inference-canary-analysis")
             if settings.grpc_port is not None:
@@ -228,6 +230,12 @@ def create_app(settings: Settings) -> FastAPI:
                                        excluded_urls="healthz,readyz,metrics,v2/health/live,v2/health/ready")
     infer_asgi.install(app)  # the v2 infer routes skip FastAPI's stack (see infer_asgi.py)
     return app
+
+
+async def _live_after_replay(rollout: RolloutState, consumer: EventConsumer[Any]) -> None:
+    """Mark the rollout live once its topic's replay caught up (:meth:`RolloutState.mark_live`)."""
+    await consumer.caught_up.wait()
+    await rollout.mark_live()
 
 
 def _report_stop(task: asyncio.Task[None]) -> None:

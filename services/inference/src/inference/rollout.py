@@ -11,6 +11,11 @@ the set of models. Three writers change it, all through one Lua script so each c
 * the operator API and the canary analysis, which compare-and-set on ``revision`` and publish
   their change back to the topic, so the topic stays the complete history.
 
+The topic is compacted, so its last record per alias must be the newest change: when a record
+older than Redis's lands last (concurrent writers, a registry clock behind the gateway's), the
+publisher that lost the race, and every replica reading that record, publish the newer change
+again (:meth:`RolloutState._republish_newer`).
+
 Requests never wait for Redis: each replica serves from an in-memory copy it refreshes every
 ``rollout_refresh_s``. When Redis is unreachable it keeps the last good copy (and counts, and
 says so in readiness). Redis also holds a generation token (``<prefix>rollout:generation``),
@@ -162,6 +167,10 @@ class RolloutState:
         """``time.monotonic()`` of the last successful refresh."""
         self.on_table: Callable[[dict[str, ModelRoute]], Awaitable[None]] | None = None
         """Awaited with a changed table before it replaces the in-memory copy (the version gate)."""
+        self.live = False
+        """True once the rollout topic's replay caught up (:meth:`mark_live`)."""
+        self._tails: dict[tuple[str, str], RolloutChangedV1] = {}
+        """The last record read from the topic per alias, until it was checked against Redis."""
 
     def _key(self, model: str) -> str:
         return f"{self._prefix}rollout:{model}"
@@ -364,15 +373,61 @@ class RolloutState:
                                        changed_by=changed_by, reason=reason, changed_at=now) for c in checked]
             try:
                 await self._publish(events)
+                await self._republish_newer(model, events)
             except Exception:
                 # Redis already serves the change; only the topic's history misses it (logged loudly).
                 log.exception("rollout change applied but not published", extra={"model": model})
         return self.route(model)
 
+    async def _republish_newer(self, model: str, published: list[RolloutChangedV1]) -> None:
+        """Publish again what Redis holds for each alias of ``published`` when it is newer than that record.
+
+        Two replicas changing one alias at once can publish out of order: the newer change's record
+        goes out first and the older one lands after it, so the compacted topic would keep the
+        older one as the last record of its key and a rebuild from the topic would serve it. Each
+        publisher therefore reads the alias back *after* its record is on the topic; whichever
+        record landed last, its publisher sees the newest change in Redis and, when that is not its
+        own, publishes it again with its own change time and author (a replay applies it only where
+        nothing newer is held, so the repeat changes nothing). Rounds repeat while Redis moved on
+        meanwhile, at most three. Consumers do the same with the last record of each alias they read
+        (:meth:`on_events`), which also covers a registry record published out of order and a
+        topic whose writers all stopped before they could check.
+        """
+        assert self._publish is not None
+        for _ in range(3):
+            row = await self._redis.hgetall(self._key(model))
+            newer: list[RolloutChangedV1] = []
+            for event in published:
+                raw_at = row.get(f"{event.alias}_at".encode())
+                if raw_at is None or int(_text(raw_at)) <= _micros(event.changed_at):
+                    continue
+                version = _text(row.get(event.alias.encode(), b""))
+                weight = _text(row.get(b"canary_weight", b"")) if event.alias == "canary" and version else ""
+                newer.append(RolloutChangedV1(
+                    model_name=model, alias=event.alias, version=int(version) if version else None,
+                    weight=float(weight) if weight else None,
+                    changed_by=_text(row.get(f"{event.alias}_by".encode(), _RESTORED.encode())),
+                    reason=f"republished: newer than the change published by {event.changed_by} after it",
+                    changed_at=_EPOCH + int(_text(raw_at)) * _MICROSECOND))
+            if not newer:
+                return
+            log.info("republished newer rollout changes after an older record",
+                     extra={"model": model, "aliases": [e.alias for e in newer]})
+            await self._publish(newer)
+            published = newer
+
     async def on_events(self, envelopes: list[Envelope[RolloutChangedV1]]) -> None:
-        """Apply rollout events from the topic (idempotent: older or repeated events change nothing)."""
+        """Apply rollout events from the topic (idempotent: older or repeated events change nothing).
+
+        The last record of each alias is then checked against Redis (once :attr:`live`; during the
+        replay, once it caught up): when Redis holds a newer change, the topic got the two out of
+        order (two writers at once, or a writer whose clock is behind another's) and the compacted
+        topic would keep the older record as the last of its key, so the change Redis holds is
+        published again (:meth:`_check_tails`).
+        """
         for env in envelopes:
             e = env.payload
+            self._tails[e.model_name, e.alias] = e
             weight = (e.weight or 0.0) if e.alias == "canary" else None
             change = AliasChange(e.alias, e.version, weight)
             try:
@@ -386,6 +441,28 @@ class RolloutState:
                 log.info("rollout changed", extra={"model": e.model_name, "alias": e.alias, "version": e.version,
                                                    "weight": change.weight, "by": e.changed_by})
         await self.refresh()
+        if self.live:
+            await self._check_tails()
+
+    async def mark_live(self) -> None:
+        """The replay of the rollout topic caught up: check the last record of every alias read so far."""
+        self.live = True
+        await self._check_tails()
+
+    async def _check_tails(self) -> None:
+        """Publish again every alias whose last record read is older than what Redis holds."""
+        tails, self._tails = self._tails, {}
+        if self._publish is None:
+            return
+        by_model: dict[str, list[RolloutChangedV1]] = {}
+        for (model, _), event in tails.items():
+            by_model.setdefault(model, []).append(event)
+        for model, events in by_model.items():
+            try:
+                await self._republish_newer(model, events)
+            except Exception:
+                # Redis serves the newer change; only the topic's last record of the alias is older.
+                log.exception("could not publish a newer rollout change again", extra={"model": model})
 
 
 def _micros(at: datetime) -> int:

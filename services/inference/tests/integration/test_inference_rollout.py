@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import numpy as np
@@ -165,6 +167,31 @@ def test_stale_events_never_undo_a_newer_change(gateway: Gateway, kafka_bootstra
     assert gateway.service.rollout.table[MODEL].champion == 1
     from tests.fixtures.kafka import consume
     consume(kafka_bootstrap, f"{topics['rollout']}.dlq", count=1)  # the poison record was dead-lettered
+
+
+def test_an_older_record_landing_last_is_followed_by_the_change_redis_holds(gateway: Gateway, kafka_bootstrap: str,
+                                                                            topics: dict[str, str]) -> None:
+    """The compacted topic keeps the last record per key: when that is older than the alias's change, the
+    gateway publishes the change again, so a replica rebuilding from the topic serves it."""
+    gateway.wait_for(lambda: gateway.app.state.consumers["rollout"].caught_up.is_set())
+    gateway.wait_for(lambda: gateway.service.rollout.live, message="the rollout never went live after its replay")
+    held = gateway.service.rollout.table[MODEL]
+    stale = RolloutChangedV1(model_name=MODEL, alias="champion", version=2, changed_by="late-registry",
+                             reason="published late", changed_at=datetime(2020, 1, 1, tzinfo=UTC))
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topics["rollout"], encode_event(stale, event_id=str(uuid.uuid4()), source="registry",
+                                                     occurred_at=datetime.now(UTC)), f"{MODEL}/champion")
+    assert producer.flush(10) == 0
+    from tests.fixtures.kafka import consume
+
+    def republished(m: Any) -> bool:
+        payload = json.loads(m.value())["payload"]
+        return (payload["model_name"] == MODEL and payload["alias"] == "champion"
+                and payload["reason"].startswith("republished") and payload["version"] == held.champion)
+
+    [record] = consume(kafka_bootstrap, topics["rollout"], count=1, match=republished, timeout_s=60)
+    assert record.key() == f"{MODEL}/champion".encode()
+    assert gateway.service.rollout.table[MODEL].champion == held.champion == 1
 
 
 def test_redis_losing_the_table_keeps_the_last_known_routes_and_writes_them_back(
