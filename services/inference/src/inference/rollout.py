@@ -6,8 +6,9 @@ the set of models. Three writers change it, all through one Lua script so each c
 
 * the rollout topic (``registry.rollout-changed.v1``, compacted): every replica replays it from
   the start at each start-up, so an empty Redis is rebuilt from it. An event is applied only
-  when it is newer than what the alias holds (``changed_at``), so replaying old history never
-  undoes a later change;
+  when it is newer than what the alias holds (``changed_at``; on the same instant, the greater
+  author and version), so replaying old history never undoes a later change and two changes
+  stamped alike end the same way in any order;
 * the operator API and the canary analysis, which compare-and-set on ``revision`` and publish
   their change back to the topic, so the topic stays the complete history.
 
@@ -58,7 +59,10 @@ ALIASES: tuple[Alias, ...] = ("champion", "canary", "shadow")
 # KEYS: hash, models set. ARGV: model, expected revision ('' = any), lowest new revision, newest ('1':
 # the change time is raised above every changed alias's, so the change applies), then (alias,
 # version ('' = none), weight, changed_at (µs), changed_by) quintuples. An alias changes when its
-# change time is newer than the one it holds. Returns {revision, change time of the last alias}:
+# change is newer than the one it holds: a later change time, or the same change time and a greater
+# (author, version) pair, so that two writers' changes stamped alike (a registry clock ahead of the
+# gateway's) end the same way whichever order they arrive in, live or replayed from the topic.
+# Returns {revision, change time of the last alias}:
 # the new revision, 0 when every alias already holds a newer change, -1 when the expected
 # revision does not match. A model's first revision is the server's clock in µs (not below the
 # lowest new revision), so a revision read before Redis lost the table never matches again.
@@ -82,7 +86,13 @@ for i = 5, #ARGV, 5 do
   if raise > tonumber(at) then at = string.format('%d', raise) end
   stamp = at
   local current = redis.call('HGET', KEYS[1], alias .. '_at')
-  if (not current) or tonumber(current) < tonumber(at) then
+  local newer = (not current) or tonumber(current) < tonumber(at)
+  if (not newer) and tonumber(current) == tonumber(at) then
+    local by = redis.call('HGET', KEYS[1], alias .. '_by') or ''
+    local held = redis.call('HGET', KEYS[1], alias) or ''
+    newer = by < ARGV[i + 4] or (by == ARGV[i + 4] and held < ARGV[i + 1])
+  end
+  if newer then
     redis.call('HSET', KEYS[1], alias, ARGV[i + 1], alias .. '_at', at, alias .. '_by', ARGV[i + 4])
     if alias == 'canary' then redis.call('HSET', KEYS[1], 'canary_weight', ARGV[i + 2]) end
     applied = applied + 1
@@ -373,10 +383,11 @@ class RolloutState:
                                        changed_by=changed_by, reason=reason, changed_at=now) for c in checked]
             try:
                 await self._publish(events)
-                await self._republish_newer(model, events)
             except Exception:
                 # Redis already serves the change; only the topic's history misses it (logged loudly).
                 log.exception("rollout change applied but not published", extra={"model": model})
+            else:
+                await self._check_published(model, events)
         return self.route(model)
 
     async def _republish_newer(self, model: str, published: list[RolloutChangedV1]) -> None:
@@ -399,9 +410,12 @@ class RolloutState:
             newer: list[RolloutChangedV1] = []
             for event in published:
                 raw_at = row.get(f"{event.alias}_at".encode())
-                if raw_at is None or int(_text(raw_at)) <= _micros(event.changed_at):
+                if raw_at is None:
                     continue
                 version = _text(row.get(event.alias.encode(), b""))
+                held = (int(_text(raw_at)), _text(row.get(f"{event.alias}_by".encode(), b"")), version)
+                if held <= _order(event):
+                    continue
                 weight = _text(row.get(b"canary_weight", b"")) if event.alias == "canary" and version else ""
                 newer.append(RolloutChangedV1(
                     model_name=model, alias=event.alias, version=int(version) if version else None,
@@ -452,17 +466,26 @@ class RolloutState:
     async def _check_tails(self) -> None:
         """Publish again every alias whose last record read is older than what Redis holds."""
         tails, self._tails = self._tails, {}
-        if self._publish is None:
-            return
         by_model: dict[str, list[RolloutChangedV1]] = {}
         for (model, _), event in tails.items():
             by_model.setdefault(model, []).append(event)
         for model, events in by_model.items():
-            try:
-                await self._republish_newer(model, events)
-            except Exception:
-                # Redis serves the newer change; only the topic's last record of the alias is older.
-                log.exception("could not publish a newer rollout change again", extra={"model": model})
+            await self._check_published(model, events)
+
+    async def _check_published(self, model: str, events: list[RolloutChangedV1]) -> None:
+        """:meth:`_republish_newer`, its failures logged: Redis serves the newer change either way."""
+        if self._publish is None:
+            return
+        try:
+            await self._republish_newer(model, events)
+        except Exception:
+            # Only the topic's last record of the alias stays older than the change Redis serves.
+            log.exception("could not publish a newer rollout change again", extra={"model": model})
+
+
+def _order(event: RolloutChangedV1) -> tuple[int, str, str]:
+    """Where a change stands among the changes of its alias: change time, then author, then version (see ``_APPLY``)."""
+    return _micros(event.changed_at), event.changed_by, "" if event.version is None else str(event.version)
 
 
 def _micros(at: datetime) -> int:

@@ -138,6 +138,11 @@ class Held:
     at: int
     version: int | None
     weight: float | None = None
+    by: str = ""
+
+    def order(self) -> tuple[int, str, str]:
+        """The code's order of two changes of an alias: change time, then author, then version."""
+        return self.at, self.by, "" if self.version is None else str(self.version)
 
 
 @dataclass
@@ -213,8 +218,9 @@ class RoutingMachine(RuleBasedStateMachine):
             if e.reason.startswith("republished"):
                 event("a replica published an alias's newer change again after an older record")
                 REPUBLISHED.append(e)
-                held = self.newest.get((e.model_name, e.alias))
-                assert held is not None and micros(e.changed_at) <= held.at, "republished a change never applied"
+                assert any((t.payload.model_name, t.payload.alias, t.payload.version, t.payload.changed_at,
+                            t.payload.changed_by) == (e.model_name, e.alias, e.version, e.changed_at, e.changed_by)
+                           for t in self.topic), f"republished a change that was never published: {e}"
             self._append(e, source="inference")
 
     def _append(self, event: RolloutChangedV1, *, source: str) -> None:
@@ -249,14 +255,16 @@ class RoutingMachine(RuleBasedStateMachine):
         self.last_stamp = max(self.last_stamp, at)
         key = (record.model_name, record.alias)
         weight = ((record.weight or 0.0) if record.version is not None else 0.0) if record.alias == "canary" else None
-        held = Held(at, record.version, weight)
+        held = Held(at, record.version, weight, record.changed_by)
         current = self.in_redis.get(key)
-        if current is None or current.at < at:
+        if current is None or current.order() < held.order():
             self.in_redis[key] = held
+            if current is not None and current.at == at:
+                event("two changes of an alias stamped alike: the greater author and version won")
         else:
             event("a record older than (or as old as) the alias's change changed nothing")
         newest = self.newest.get(key)
-        if newest is None or newest.at < at:
+        if newest is None or newest.order() < held.order():
             self.newest[key] = held
 
     def _row(self, model: str, of: dict[tuple[str, str], Held] | None = None) -> Row:
@@ -809,6 +817,27 @@ async def test_a_replay_ending_on_an_older_record_publishes_the_newer_change_aga
     await again.mark_live()
     assert len(shared.topic) == 1
     assert again.route("credit").champion == 2 and again.route("credit").shadow == 3
+
+
+async def test_two_changes_stamped_alike_end_the_same_live_and_replayed(shared: Shared) -> None:
+    """Found by the 2,000-sequence run: a registry record stamped just after the alias's change (its clock ahead)
+    and an operator change raised to the same instant by a replica that had not read that record yet."""
+    state = await shared.replica()
+    ahead = datetime.now(UTC) + timedelta(seconds=1)
+    await state.on_events([record("credit", "champion", 1, at=ahead)])
+    removal = record("credit", "champion", None, at=ahead + timedelta(microseconds=1))   # not read yet
+    await operator(state, "credit", "champion", 2)                   # stamped just after the alias: the same instant
+    [published] = shared.topic
+    assert published.changed_at == removal.payload.changed_at
+    await state.on_events([removal])                                 # live: read after the operator's change
+    live = state.route("credit").champion
+    await shared.lose_the_table()
+    rebuilt = await shared.replica()                                 # replayed in the topic's order
+    await rebuilt.on_events([record("credit", "champion", 1, at=ahead), removal,
+                             Envelope.wrap(published, event_id=str(uuid.uuid4()), source="inference",
+                                           occurred_at=published.changed_at)])
+    # The same instant: the greater (author, version) wins, "registry" over "operator", in either order.
+    assert rebuilt.route("credit").champion is None and live is None
 
 
 async def test_an_operator_change_is_applied_or_refused(shared: Shared) -> None:
