@@ -44,6 +44,9 @@ from drift.reference import VersionInfo, parse_reference
 
 log = logging.getLogger(__name__)
 
+_EPOCH = datetime.fromtimestamp(0, UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
 __all__ = ["DriftService", "Publisher", "RecordPosition", "ReferenceSource"]
 
 
@@ -153,8 +156,26 @@ class DriftService:
             await self._load_reference(event.model_name, event.version, force=True)
 
     async def on_rollout_changed(self, event: RolloutChangedV1) -> None:
-        """A new champion: test against its reference from now on."""
-        if event.alias != "champion" or event.version is None:
+        """A new champion: test against its reference from now on.
+
+        Records are taken in the order of their changes, not of their arrival: one older than the
+        champion change already taken (by change time, then author, then version, the gateway's
+        order) changes nothing. The rollout topic can carry an older record after a newer one (two
+        writers at once, a registry clock behind the gateway's); the gateway then publishes the
+        newer change again.
+        """
+        if event.alias != "champion":
+            return
+        key = f"champion-order/{event.model_name}"
+        order = [(event.changed_at - _EPOCH) // _MICROSECOND, event.changed_by,
+                 "" if event.version is None else str(event.version)]
+        held = self.store.get(key)
+        if held is not None and tuple(held) >= tuple(order):
+            log.info("older champion change ignored", extra={"model": event.model_name, "version": event.version,
+                                                              "changed_at": event.changed_at.isoformat()})
+            return
+        self.store[key] = order
+        if event.version is None:
             return
         self.store[f"champion/{event.model_name}"] = event.version
         self._end_episode(event)
