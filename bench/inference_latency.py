@@ -13,8 +13,8 @@ Triton over its HTTP endpoint (``INFERENCE_TRITON_HTTP_URL``) and gRPC for metad
   with Triton's dynamic batching against the same model without it, with the average batch Triton
   formed (its statistics) and each gateway's CPU per request; then each way the gateway batches
   (Triton's dynamic batching, the gateway's own coalescing) against nothing batched anywhere
-  (coalescing off, model without dynamic batching), the comparison the target is set on. Twice: on the small model above,
-  where a call's cost is all per-request overhead (client, gRPC, Triton's Python backend) so
+  (coalescing off, model without dynamic batching), the comparison the target is set on. Twice:
+  on the small model above, where a call's cost is all per-request overhead (client, gRPC, Triton's Python backend) so
   batching has nothing to amortise, and on a wider MLP (1024 -> 2048 -> 2048 -> 2048 -> 1, 42 MB
   of FP32 weights, about 2.5 ms per single-row run on one core), where a batch of 16 costs far
   less than 16 single rows.
