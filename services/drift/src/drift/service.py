@@ -142,8 +142,18 @@ class DriftService:
     # ---- registry and specs ---------------------------------------------------------------
 
     async def on_spec(self, event: DatasetSpecRegisteredV1) -> None:
-        """A dataset spec was registered or replaced."""
+        """A dataset spec was registered or replaced.
+
+        The highest revision wins, as in ingest's catalogue: a record of an older revision arriving
+        after a newer one (two ingest replicas replacing a spec at once) changes nothing.
+        """
         spec = event.spec
+        held = self.store.get(f"spec-revision/{spec.name}")
+        if held is not None and event.revision < held:
+            log.info("older spec revision ignored", extra={"dataset": spec.name, "revision": event.revision,
+                                                            "current": held})
+            return
+        self.store[f"spec-revision/{spec.name}"] = event.revision
         self.store[f"spec/{spec.name}"] = spec.model_dump(mode="json")
         if spec.name in self._monitors:
             self._monitors[spec.name].set_spec(spec)

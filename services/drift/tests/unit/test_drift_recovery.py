@@ -91,27 +91,3 @@ def test_a_restarted_service_sets_the_open_episode_gauge_again_from_its_state() 
     again.restore_gauges()
     assert value(metrics.EPISODE_STARTED, "credit-restart") == started
 
-
-async def test_an_older_champion_record_arriving_last_changes_nothing() -> None:
-    """The rollout topic can carry an older record after a newer one; the champion follows the newest change."""
-    store: dict[str, Any] = {"model/m": "credit"}
-    service = DriftService(MonitorConfig(), store, references=NoReferences(), publisher=None)  # type: ignore[arg-type]
-    await service.on_rollout_changed(champion(2, T0 + timedelta(seconds=10)))
-    await service.on_rollout_changed(champion(1, T0))                               # older, arrived later
-    assert store["champion/m"] == 2
-    await service.on_rollout_changed(champion(2, T0 + timedelta(seconds=10)))       # the gateway's republish
-    assert store["champion/m"] == 2
-    removal = RolloutChangedV1(model_name="m", alias="champion", version=None, changed_by="test",
-                               changed_at=T0 + timedelta(seconds=20))
-    await service.on_rollout_changed(removal)                                       # newer: kept as the order
-    await service.on_rollout_changed(champion(3, T0 + timedelta(seconds=15)))       # older than the removal
-    assert store["champion/m"] == 2
-    await service.on_rollout_changed(champion(3, T0 + timedelta(seconds=30)))
-    assert store["champion/m"] == 3
-    # The same instant: the greater author, then version, as in the gateway.
-    same = T0 + timedelta(seconds=40)
-    await service.on_rollout_changed(RolloutChangedV1(model_name="m", alias="champion", version=5,
-                                                      changed_by="registry", changed_at=same))
-    await service.on_rollout_changed(RolloutChangedV1(model_name="m", alias="champion", version=4,
-                                                      changed_by="operator", changed_at=same))
-    assert store["champion/m"] == 5
