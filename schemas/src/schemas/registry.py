@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -10,6 +11,8 @@ from schemas.envelope import Event
 from schemas.training import TrainingWindow
 
 Alias = Literal["champion", "canary", "shadow"]
+_EPOCH = datetime.fromtimestamp(0, UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class TensorSpec(BaseModel):
@@ -59,3 +62,13 @@ class RolloutChangedV1(Event):
     changed_by: str
     reason: str = ""
     changed_at: AwareDatetime
+
+    def order(self) -> tuple[int, str, str]:
+        """Where this change stands among the changes of its alias: change time (µs), then author, then version.
+
+        Every reader of the rollout topic applies a record only when it is later in this order than the
+        change it holds: the topic can carry an older record after a newer one, and two writers' clocks
+        can stamp different changes alike, which then end the same way in any order.
+        """
+        micros = (self.changed_at - _EPOCH) // _MICROSECOND
+        return micros, self.changed_by, "" if self.version is None else str(self.version)

@@ -44,9 +44,6 @@ from drift.reference import VersionInfo, parse_reference
 
 log = logging.getLogger(__name__)
 
-_EPOCH = datetime.fromtimestamp(0, UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
 __all__ = ["DriftService", "Publisher", "RecordPosition", "ReferenceSource"]
 
 
@@ -168,23 +165,21 @@ class DriftService:
     async def on_rollout_changed(self, event: RolloutChangedV1) -> None:
         """A new champion: test against its reference from now on.
 
-        Records are taken in the order of their changes, not of their arrival: one older than the
-        champion change already taken (by change time, then author, then version, the gateway's
-        order) changes nothing. The rollout topic can carry an older record after a newer one (two
-        writers at once, a registry clock behind the gateway's); the gateway then publishes the
-        newer change again.
+        Records are taken in the order of their changes (:meth:`RolloutChangedV1.order`), not of
+        their arrival: one older than the champion change already taken changes nothing. The
+        rollout topic can carry an older record after a newer one (two writers at once, a registry
+        clock behind the gateway's); the gateway then publishes the newer change again.
         """
         if event.alias != "champion":
             return
         key = f"champion-order/{event.model_name}"
-        order = [(event.changed_at - _EPOCH) // _MICROSECOND, event.changed_by,
-                 "" if event.version is None else str(event.version)]
+        order = event.order()
         held = self.store.get(key)
-        if held is not None and tuple(held) >= tuple(order):
+        if held is not None and tuple(held) >= order:
             log.info("older champion change ignored", extra={"model": event.model_name, "version": event.version,
                                                               "changed_at": event.changed_at.isoformat()})
             return
-        self.store[key] = order
+        self.store[key] = list(order)
         if event.version is None:
             return
         self.store[f"champion/{event.model_name}"] = event.version

@@ -59,9 +59,10 @@ ALIASES: tuple[Alias, ...] = ("champion", "canary", "shadow")
 # KEYS: hash, models set. ARGV: model, expected revision ('' = any), lowest new revision, newest ('1':
 # the change time is raised above every changed alias's, so the change applies), then (alias,
 # version ('' = none), weight, changed_at (µs), changed_by) quintuples. An alias changes when its
-# change is newer than the one it holds: a later change time, or the same change time and a greater
-# (author, version) pair, so that two writers' changes stamped alike (a registry clock ahead of the
-# gateway's) end the same way whichever order they arrive in, live or replayed from the topic.
+# change is newer than the one it holds (``RolloutChangedV1.order``): a later change time, or the
+# same change time and a greater (author, version) pair, so that two writers' changes stamped alike
+# (a registry clock ahead of the gateway's) end the same way whichever order they arrive in, live
+# or replayed from the topic.
 # Returns {revision, change time of the last alias}:
 # the new revision, 0 when every alias already holds a newer change, -1 when the expected
 # revision does not match. A model's first revision is the server's clock in µs (not below the
@@ -414,7 +415,7 @@ class RolloutState:
                     continue
                 version = _text(row.get(event.alias.encode(), b""))
                 held = (int(_text(raw_at)), _text(row.get(f"{event.alias}_by".encode(), b"")), version)
-                if held <= _order(event):
+                if held <= event.order():
                     continue
                 weight = _text(row.get(b"canary_weight", b"")) if event.alias == "canary" and version else ""
                 newer.append(RolloutChangedV1(
@@ -481,11 +482,6 @@ class RolloutState:
         except Exception:
             # Only the topic's last record of the alias stays older than the change Redis serves.
             log.exception("could not publish a newer rollout change again", extra={"model": model})
-
-
-def _order(event: RolloutChangedV1) -> tuple[int, str, str]:
-    """Where a change stands among the changes of its alias: change time, then author, then version (see ``_APPLY``)."""
-    return _micros(event.changed_at), event.changed_by, "" if event.version is None else str(event.version)
 
 
 def _micros(at: datetime) -> int:
