@@ -29,6 +29,7 @@ from tributary_kit.lag import reporting_lag
 from tributary_kit.telemetry import build_tracer_provider
 
 from inference import __version__, api, infer_asgi
+from inference.admission import AdaptiveLimit
 from inference.aliases import AliasWriter, LocalAliases, ReadOnlyAliases, RegistryAliases
 from inference.backend import Backend
 from inference.breaker import CircuitBreaker
@@ -124,6 +125,8 @@ def create_app(settings: Settings) -> FastAPI:
                 max_inflight=settings.max_inflight, compare_canary=settings.compare_canary,
                 model_features=settings.model_features, model_datasets=settings.model_datasets,
                 contracts=contracts, gate=gate, retry_canary_on_champion=settings.canary_retry_on_champion,
+                admission=(AdaptiveLimit(settings.max_inflight, tolerance=settings.adaptive_tolerance)
+                           if settings.adaptive_inflight else None),
                 tracer=tracer,
                 breaker=CircuitBreaker(triton.name, failures=settings.breaker_failures,
                                        cooldown_s=settings.breaker_cooldown_s,

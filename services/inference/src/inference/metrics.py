@@ -41,6 +41,9 @@ BREAKER_PROBES = Counter("inference_breaker_probes_total",
                          ["backend", "kind", "outcome"])
 SHED = Counter("inference_shed_total", "Requests refused with 429, by reason (inflight|backend_queue).", ["reason"])
 INFLIGHT = Gauge("inference_inflight", "Requests being served right now.")
+INFLIGHT_LIMIT = Gauge("inference_inflight_limit",
+                       "Requests served at once before shedding with 429 (INFERENCE_ADAPTIVE_INFLIGHT: where the "
+                       "adaptive limit stands now; else INFERENCE_MAX_INFLIGHT).")
 SHADOW_DROPPED = Counter(
     "inference_shadow_dropped_total",
     "Shadow or comparison calls dropped because the shadow queue was full, by model and kind (shadow|compare).",

@@ -30,6 +30,7 @@ from schemas.inference import PredictionEventV1
 from tributary_kit.telemetry import context_from
 
 from inference import metrics
+from inference.admission import AdaptiveLimit
 from inference.backend import Backend
 from inference.breaker import CircuitBreaker
 from inference.canary import CanaryStats, LabelJoin
@@ -155,6 +156,8 @@ class InferenceService:
         store: the online feature store.
         timeout_s: deadline of each backend call.
         max_inflight: requests served at once before shedding with 429.
+        admission: an adaptive limit on requests served at once, at most ``max_inflight``
+            (:mod:`inference.admission`); None keeps ``max_inflight`` fixed.
         compare_canary: mirror canary-served requests to the champion for divergence.
         model_features: feature names in input order per model (see the settings).
         model_datasets: dataset of each model's online features.
@@ -178,7 +181,7 @@ class InferenceService:
                  model_features: dict[str, list[str]] | None = None, model_datasets: dict[str, str] | None = None,
                  contracts: ContractSource | None = None, breaker: CircuitBreaker | None = None,
                  gate: VersionGate | None = None, retry_canary_on_champion: bool = True,
-                 tracer: trace.Tracer | None = None,
+                 admission: AdaptiveLimit | None = None, tracer: trace.Tracer | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rollout = rollout
         self.backend = backend
@@ -190,6 +193,9 @@ class InferenceService:
         self.store = store
         self.timeout_s = timeout_s
         self.max_inflight = max_inflight
+        self.admission = admission
+        if admission is None:
+            metrics.INFLIGHT_LIMIT.set(max_inflight)
         self.compare_canary = compare_canary
         self.model_features = model_features or {}
         self.model_datasets = model_datasets or {}
@@ -222,10 +228,14 @@ class InferenceService:
         fronts ask before they decode a body: under overload most requests are refused, and each
         refusal's cost comes out of the CPU that serves the admitted ones.
         """
-        if self._inflight < self.max_inflight:
+        limit = self.max_inflight if self.admission is None else self.admission.current
+        if self._inflight < limit:
             return None
         self._shed_inflight.inc()
-        return f"{self._inflight} requests in flight (limit {self.max_inflight}); retry shortly"
+        if self.admission is None:
+            return f"{self._inflight} requests in flight (limit {limit}); retry shortly"
+        return (f"{self._inflight} requests in flight (adaptive limit {limit} of at most {self.max_inflight}: "
+                f"answers are slower than usual); retry shortly")
 
     async def infer(self, request: InferRequest) -> InferResult:
         """Route, check, run and record one request.
@@ -271,6 +281,8 @@ class InferenceService:
                     if route_name == "canary" and self.gate is not None:
                         self.gate.answered(request.model, version)
                 latency_ms = (time.perf_counter() - started) * 1000
+                if self.admission is not None:
+                    self.admission.record(latency_ms / 1000)
                 result = InferResult(request.model, version, route_name, outputs, request_id, backend, latency_ms)
                 self.stats.record(request.model, version, latency_ms=latency_ms, ok=True)
                 event = None
@@ -289,8 +301,10 @@ class InferenceService:
             # A request the open breaker turned away says nothing about its version (no call was made).
             if (version is not None and not isinstance(exc, BreakerOpen)
                     and isinstance(exc, BackendFailed | BackendTimeout | BackendUnavailable | VersionUnavailable)):
-                self.stats.record(request.model, version, latency_ms=(time.perf_counter() - started) * 1000,
-                                  ok=False)
+                seconds = time.perf_counter() - started
+                self.stats.record(request.model, version, latency_ms=seconds * 1000, ok=False)
+                if self.admission is not None:  # a backend that stops answering slows the window down
+                    self.admission.record(seconds)
             raise
         finally:
             self._inflight -= 1

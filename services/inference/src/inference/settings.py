@@ -70,7 +70,18 @@ class Settings(BaseSettings):
     reads the ONNX files from it. Required when ``fallback`` is ``onnxruntime``."""
 
     max_inflight: int = Field(default=256, ge=1)
-    """Requests served at once; beyond this the gateway sheds load with 429."""
+    """Requests served at once; beyond this the gateway sheds load with 429. With ``adaptive_inflight``
+    the highest the adaptive limit goes."""
+
+    adaptive_inflight: bool = False
+    """Move the limit on requests served at once between 1 and ``max_inflight`` with the admitted
+    requests' answer times (:mod:`inference.admission`): it shrinks while a window of answers is slower
+    than ``adaptive_tolerance`` times the best recent window and grows back by one a window. Keeps an
+    overload's admitted requests near their usual answer time without a hand-tuned limit."""
+
+    adaptive_tolerance: float = Field(default=2.0, ge=1.0)
+    """How much slower than the best recent window of answers a window may be before the adaptive limit
+    shrinks."""
 
     retry_after_s: int = Field(default=1, ge=1)
     """Retry-After (seconds) sent with 429, 503 and 504 answers."""
