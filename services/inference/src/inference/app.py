@@ -172,7 +172,8 @@ def create_app(settings: Settings) -> FastAPI:
                 consumers.append(EventConsumer(
                     build_consumer(settings, group_id=settings.requests_group_id, client_id="inference-requests"),
                     topic=settings.request_topic, payload_type=InferenceRequestedV1,
-                    handle=RequestHandler(service, producer, response_topic=settings.response_topic, tracer=tracer),
+                    handle=RequestHandler(service, producer, response_topic=settings.response_topic, tracer=tracer,
+                                          overload_wait_s=settings.request_overload_wait_s),
                     producer=producer, replay=False, name="requests", batch_size=64,
                     tracer=tracer))
             for c in consumers:

@@ -85,6 +85,9 @@ FEATURE_READS = Counter("inference_feature_reads_total", "Online store reads by 
                         ["outcome"])
 FEATURE_WRITES = Counter("inference_feature_writes_total", "Feature events applied to the online store by outcome "
                          "(written|stale).", ["outcome"])
+ASYNC_OVERLOAD_WAITS = Counter(
+    "inference_async_overload_waits_total",
+    "Times a Kafka inference request was refused as overloaded and waited to be tried again.")
 ASYNC_REQUESTS = Counter("inference_async_requests_total", "Kafka inference requests by outcome (ok|error).",
                          ["outcome"])
 DEAD_LETTERS = Counter("inference_dead_letters_total", "Records dead-lettered, by dead-letter topic.", ["topic"])

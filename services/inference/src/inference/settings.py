@@ -232,6 +232,10 @@ class Settings(BaseSettings):
     consume_requests: bool = True
     """Serve asynchronous inference requests from the request topic."""
 
+    request_overload_wait_s: float = Field(default=30.0, ge=0)
+    """How long a Kafka inference request the gateway refuses as overloaded (its limit on requests in
+    flight, Triton's full queue) waits and is tried again before it is answered with the 429."""
+
     request_topic: str = topics.INFERENCE_REQUESTS
     """Topic of ``inference.inference-requested.v1`` requests."""
 

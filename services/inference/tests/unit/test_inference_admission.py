@@ -1,13 +1,18 @@
-"""The adaptive concurrency limit (inference.admission) and the core's use of it."""
+"""The adaptive concurrency limit (inference.admission), the core's use of it, and Kafka requests waiting for room."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 from inference.admission import AdaptiveLimit
+from inference.consumer import RequestHandler
 from inference.errors import Overloaded
 from inference.service import InferRequest
+from opentelemetry import trace
+from schemas.envelope import Envelope
+from schemas.inference import InferenceRequestedV1, TensorValue
 
 from services.inference.tests.unit.test_inference_units import X, _Backend, _service
 
@@ -89,3 +94,35 @@ async def test_the_core_sheds_at_the_adaptive_limit_and_says_so() -> None:
     assert "adaptive limit 5 of at most 8" in str(refused[0])
     # The five admitted answers (50 ms each, 50x the best) shrank the limit further.
     assert service.admission.current < 5
+
+
+def _requests(n: int) -> list[Envelope[InferenceRequestedV1]]:
+    row = TensorValue(name="x", datatype="FP32", shape=[1, 4], data=[0.0, 0.0, 0.0, 0.0])
+    return [Envelope.wrap(InferenceRequestedV1(request_id=f"r-{i}", model_name="m", entity_id=f"e{i}",
+                                               requested_at=datetime.now(UTC), inputs=[row]),
+                          event_id=f"ev-{i}", source="test", occurred_at=datetime.now(UTC)) for i in range(n)]
+
+
+async def test_kafka_requests_beyond_the_limit_wait_for_room_instead_of_being_answered_429() -> None:
+    from inference import metrics
+
+    service, _ = _service(_Backend("triton", delay=0.02), max_inflight=2)
+    handler = RequestHandler(service, None, response_topic="t", tracer=trace.get_tracer("test"))  # type: ignore[arg-type]
+    waits_before = metrics.ASYNC_OVERLOAD_WAITS._value.get()
+    answers = await asyncio.gather(*(handler.answer(e) for e in _requests(8)))
+    assert [(a.request_id, a.error, a.status) for a, _ in answers] == [(f"r-{i}", None, 200) for i in range(8)]
+    assert metrics.ASYNC_OVERLOAD_WAITS._value.get() > waits_before
+    for _, delivery in answers:  # each answered request's prediction event was handed to the sink
+        assert delivery is not None
+        delivery.cancel()
+
+    # Without the wait, the batch's requests beyond the limit are answered 429 at once.
+    impatient = RequestHandler(service, None, response_topic="t", tracer=trace.get_tracer("test"),  # type: ignore[arg-type]
+                               overload_wait_s=0)
+    answers = await asyncio.gather(*(impatient.answer(e) for e in _requests(8)))
+    statuses = sorted(a.status for a, _ in answers)
+    assert statuses == [200, 200] + [429] * 6, statuses
+    assert all("requests in flight" in (a.error or "") for a, _ in answers if a.status == 429)
+    for _, delivery in answers:
+        if delivery is not None:
+            delivery.cancel()
