@@ -155,14 +155,8 @@ def committed(bootstrap: str, group: str, partitions: list[int]) -> dict[int, in
         consumer.close()
 
 
-def lag(bootstrap: str, group: str, partitions: list[int]) -> int:
-    return sum(end - max(done, 0) for done, end in lag_by_partition(bootstrap, group, partitions).values())
-
-
-def input_lag(admin: AdminClient, bootstrap: str, group: str) -> int:
-    """Records of every drift input topic after the group's committed offsets (all partitions)."""
-    wanted = [TopicPartition(name, p) for name in INPUT_TOPICS
-              for p in admin.list_topics(name, timeout=10).topics[name].partitions]
+def lag(bootstrap: str, group: str, wanted: list[TopicPartition]) -> int:
+    """Records of ``wanted`` after the group's committed offsets (none committed: from the low watermark)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         done = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(wanted, timeout=15)}
@@ -173,6 +167,12 @@ def input_lag(admin: AdminClient, bootstrap: str, group: str) -> int:
         return total
     finally:
         consumer.close()
+
+
+def input_lag(admin: AdminClient, bootstrap: str, group: str) -> int:
+    """:func:`lag` over every partition of every drift input topic."""
+    return lag(bootstrap, group, [TopicPartition(name, p) for name in INPUT_TOPICS
+                                  for p in admin.list_topics(name, timeout=10).topics[name].partitions])
 
 
 def lag_by_partition(bootstrap: str, group: str, partitions: list[int]) -> dict[int, tuple[int, int]]:
@@ -195,6 +195,7 @@ def test_rebalance_churn_loses_reorders_and_duplicates_nothing(kafka_bootstrap: 
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     partitions = sorted(admin.list_topics(topics.FEATURES, timeout=10).topics[topics.FEATURES].partitions)
     assert len(partitions) > 1
+    feature_partitions = [TopicPartition(topics.FEATURES, p) for p in partitions]
 
     def worker(slot: str) -> ServiceProcess:
         return drift_process(kafka_bootstrap, tmp_path, group, DRIFT_WINDOW_SIZE=str(WINDOW),
@@ -244,7 +245,7 @@ def test_rebalance_churn_loses_reorders_and_duplicates_nothing(kafka_bootstrap: 
             lags: list[tuple[float, int]] = []   # (seconds after the kill, lag): how the survivor drains
 
             def drained_at(lags: list[tuple[float, int]] = lags, killed: float = killed) -> float | None:
-                lags.append((time.monotonic() - killed, lag(kafka_bootstrap, group, partitions)))
+                lags.append((time.monotonic() - killed, lag(kafka_bootstrap, group, feature_partitions)))
                 return time.monotonic() if lags[-1][1] < LAG_LIMIT else None
 
             def stuck(c: int = cycle, s: str = survivor, lags: list[tuple[float, int]] = lags) -> str:
