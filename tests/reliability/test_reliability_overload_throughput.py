@@ -420,6 +420,8 @@ def test_three_times_the_sustainable_rate_is_shed_fast_and_goodput_holds(
     assert served_again is not None, f"no 200 within 30 s after the overload; Triton's log:\n{private_triton.tail()}"
     assert growth["gateway"] < GATEWAY_RSS_GROWTH_MIB, growth
     assert growth["triton"] < TRITON_RSS_GROWTH_MIB, growth
+    limit = [float(line.split()[-1]) for line in shed if line.startswith("inference_inflight_limit ")]
+    assert limit and limit[0] < MAX_INFLIGHT, f"the adaptive limit did not move under the overload: {shed}"
 
     misses = _misses(admitted_p99=admitted_p99, b99=b99, goodput=goodput, t=t,
                      refused_p99=_pct(refused_times, 0.99))
