@@ -100,7 +100,6 @@ class RequestHandler:
                                     outputs=[_value(t) for t in result.outputs], latency_ms=result.latency_ms,
                                     completed_at=datetime.now(UTC)), result.event_delivery
 
-
     async def _patiently(self, call: Callable[[], Awaitable[_T]]) -> _T:
         """``call()``; while the gateway refuses it as overloaded, wait (5 ms, doubling to 200 ms) and call again.
 
