@@ -17,6 +17,9 @@ best, and grows by one a window while they are not. "Lately" is the last one to 
 best window of the current and the previous epoch, so that a model that became slower for good
 (a new version) raises the reference within two epochs instead of being throttled for ever.
 
+One limit covers every model the gateway serves: traffic moving to a slower model reads as slower
+answers, and the limit stays lower until the reference catches up (one to two epochs).
+
 It is transport-agnostic: the core asks :meth:`current` before admitting a request and reports each
 admitted request's answer time (and each backend failure's time) with :meth:`record`.
 """
