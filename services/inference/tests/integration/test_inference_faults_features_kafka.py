@@ -178,3 +178,34 @@ def test_kafka_requests_are_routed_like_rest_and_predictions_are_published(
     payload = json.loads(events[0].value())["payload"]
     assert payload["entity_id"] == "k-3" and payload["model_version"] == rest["k-3"]
     assert payload["route"] == ("canary" if rest["k-3"] == 2 else "champion") and payload["latency_ms"] > 0
+
+
+def test_a_burst_of_kafka_requests_beyond_the_limit_waits_for_room_and_is_answered(
+        served: TritonServer, settings_for: Callable[..., Settings], gateway_factory: Callable[[Settings], Gateway],
+        kafka_bootstrap: str, topics: dict[str, str]) -> None:
+    # A limit of 2 requests in flight: the consumer's batch (up to 64) exceeds it by itself.
+    g = gateway_factory(settings_for(served, max_inflight=2))
+    set_rollout(g, "champion", 1)
+    waits_before = _overload_waits(g)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    ids = [f"burst-{i}" for i in range(64)]
+    for i, rid in enumerate(ids):
+        request = InferenceRequestedV1(request_id=rid, model_name=MODEL, entity_id=f"b-{i}",
+                                       requested_at=datetime.now(UTC),
+                                       inputs=[TensorValue(name="x", datatype="FP32", shape=[1, 4], data=ROW[0])])
+        producer.produce(topics["requests"], encode_event(request, event_id=str(uuid.uuid4()), source="test",
+                                                          occurred_at=datetime.now(UTC)), f"b-{i}")
+    assert producer.flush(10) == 0
+    answers = {json.loads(m.value())["payload"]["request_id"]: json.loads(m.value())["payload"]
+               for m in consume(kafka_bootstrap, topics["responses"], count=len(ids), timeout_s=60)}
+    assert sorted(answers) == sorted(ids)
+    assert {rid: (a["status"], a["error"]) for rid, a in answers.items() if a["status"] != 200} == {}
+    assert _overload_waits(g) > waits_before, "no request waited: the burst never reached the limit"
+
+
+def _overload_waits(g: Gateway) -> float:
+    """``inference_async_overload_waits_total`` (the registry is the test process's: compare before and after)."""
+    lines = [line for line in httpx.get(f"{g.url}/metrics", timeout=10).text.splitlines()
+             if line.startswith("inference_async_overload_waits_total ")]
+    assert lines, "the gateway exports no inference_async_overload_waits_total"
+    return float(lines[0].split()[-1])
