@@ -70,14 +70,27 @@ def _mirror_jobs(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]) 
             + metric_sum(metrics, "inference_shadow_dropped_total", kind="shadow"))
 
 
-def _settled(url: str, timeout_s: float = 20.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """The gateway's metrics once its shadow queue is empty and the mirror calls in flight have ended."""
+BACKEND_DEADLINE_S = 2.0
+"""The gateway's deadline of a Triton call (``INFERENCE_BACKEND_TIMEOUT_S``, default): a mirror call to the
+late shadow ends by then."""
+
+
+def _settled(url: str, timeout_s: float = 30.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The gateway's metrics once its shadow queue is empty and the mirror calls in flight have ended.
+
+    The queue's gauge drops to 0 when the workers take the last jobs, not when their calls end, and a
+    call to the late shadow lasts the backend deadline: the count of mirror jobs must stay unchanged,
+    with the queue empty, for longer than that.
+    """
     deadline = time.monotonic() + timeout_s
     last = metrics_of(url)
+    still_since = time.monotonic()
     while time.monotonic() < deadline:
-        time.sleep(1.0)
+        time.sleep(0.5)
         now = metrics_of(url)
-        if metric_sum(now, "inference_shadow_queue") == 0 and _mirror_jobs(now) == _mirror_jobs(last):
+        if metric_sum(now, "inference_shadow_queue") != 0 or _mirror_jobs(now) != _mirror_jobs(last):
+            still_since = time.monotonic()
+        elif time.monotonic() - still_since > BACKEND_DEADLINE_S + 1.0:
             return now
         last = now
     return last
