@@ -7,7 +7,8 @@ does, so :class:`V2InferRoute` answers these two routes directly: it reads the b
 with the same code as the FastAPI route (:mod:`inference.api`), calls the core and writes the
 answer. Every other request, and these routes before the lifespan has built the core, go to the
 FastAPI application unchanged. The core's ``inference.infer`` span continues the caller's
-``traceparent`` header, so traces are kept.
+``traceparent`` header, so traces are kept. Under ``python -m inference`` most refusals at the
+gateway's limit never get here: the HTTP protocol answers them first (:mod:`inference.early_refusal`).
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ _RETRY = {429, 503, 504}
 _WANTED = {b"inference-header-content-length", ENTITY_HEADER.encode(), b"traceparent", b"content-length"}
 
 
-def _target(path: str) -> tuple[str, int | None] | None:
+def infer_target(path: str) -> tuple[str, int | None] | None:
     """The model and pinned version of an infer path, or None for any other path.
 
-    >>> _target("/v2/models/credit/infer"), _target("/v2/models/credit/versions/2/infer")
+    >>> infer_target("/v2/models/credit/infer"), infer_target("/v2/models/credit/versions/2/infer")
     (('credit', None), ('credit', 2))
-    >>> _target("/v2/models/credit/versions/x/infer") is None, _target("/v2/models/credit") is None
+    >>> infer_target("/v2/models/credit/versions/x/infer") is None, infer_target("/v2/models/credit") is None
     (True, True)
     """
     if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
@@ -67,7 +68,7 @@ class V2InferRoute:
         """Serve one ASGI connection scope."""
         target = None
         if scope["type"] == "http" and scope["method"] == "POST":
-            target = _target(scope["path"])
+            target = infer_target(scope["path"])
         service = getattr(self.state, "service", None)
         if target is None or service is None:
             await self.app(scope, receive, send)

@@ -21,6 +21,7 @@ import uvicorn
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from inference.app import create_app
+from inference.early_refusal import early_refusal_protocol
 from inference.settings import Settings
 
 from deploy.localstack import REPO, ServiceProcess, free_port
@@ -65,8 +66,9 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.app = create_app(settings)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=settings.port, log_config=None,
-                                                    access_log=False, lifespan="on"))
+        self.server = uvicorn.Server(uvicorn.Config(
+            self.app, host="127.0.0.1", port=settings.port, log_config=None, access_log=False, lifespan="on",
+            http=early_refusal_protocol(self.app.state, settings.retry_after_s)))  # as python -m inference
         self.thread = threading.Thread(target=self._serve, name="gateway", daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
 
