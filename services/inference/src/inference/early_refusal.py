@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from inference.errors import Overloaded
 from inference.infer_asgi import infer_target
 
 
@@ -68,7 +69,7 @@ def early_refusal_protocol(state: Any, retry_after_s: int) -> type[HttpToolsProt
             refusal = service.shed()
             if refusal is None:
                 return False
-            body = orjson.dumps({"error": refusal, "code": "overloaded"})
+            body = orjson.dumps({"error": refusal, "code": Overloaded.code})
             keep_alive = self.parser.should_keep_alive()
             head = [b"HTTP/1.1 429 Too Many Requests\r\n"]
             for name, value in self.server_state.default_headers:

@@ -234,7 +234,7 @@ class InferenceService:
         self._shed_inflight.inc()
         if self.admission is None:
             return f"{self._inflight} requests in flight (limit {limit}); retry shortly"
-        return (f"{self._inflight} requests in flight (adaptive limit {limit} of at most {self.max_inflight}: "
+        return (f"{self._inflight} requests in flight (adaptive limit {limit} of at most {self.admission.maximum}: "
                 f"answers are slower than usual); retry shortly")
 
     async def infer(self, request: InferRequest) -> InferResult:
